@@ -1,0 +1,135 @@
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::catalog::TableProvider;
+use datafusion::datasource::file_format::csv::CsvFormat;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+
+use crate::error::CatalogError;
+use crate::model::{Catalog, Table, TableFormat};
+use crate::types::glue_type_to_arrow;
+
+/// The embedded default: a catalog file on disk, with each table's files in a local folder.
+#[derive(Debug, Clone)]
+pub struct LocalCatalog {
+    catalog: Catalog,
+    /// Folder that relative table locations are resolved against.
+    base_dir: PathBuf,
+}
+
+impl LocalCatalog {
+    /// Reads and validates a catalog file (YAML, Glue's model).
+    pub fn load(path: &Path) -> Result<Self, CatalogError> {
+        let text = std::fs::read_to_string(path).map_err(|source| CatalogError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let catalog: Catalog =
+            serde_saphyr::from_str(&text).map_err(|e| CatalogError::Parse {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        let base_dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let local = LocalCatalog { catalog, base_dir };
+        local.validate()?;
+        Ok(local)
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    fn validate(&self) -> Result<(), CatalogError> {
+        for db in &self.catalog.databases {
+            for table in &db.tables {
+                let invalid = |message: String| CatalogError::Invalid {
+                    database: db.name.clone(),
+                    table: table.name.clone(),
+                    message,
+                };
+                let mut seen = std::collections::BTreeSet::new();
+                for column in table.all_columns() {
+                    if glue_type_to_arrow(&column.data_type).is_none() {
+                        return Err(invalid(format!(
+                            "column {} has unsupported type {:?}",
+                            column.name, column.data_type
+                        )));
+                    }
+                    if !seen.insert(column.name.as_str()) {
+                        return Err(invalid(format!("column {} is declared twice", column.name)));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The Arrow schema of a table as declared: data columns, then partition keys.
+    pub fn table_schema(table: &Table) -> SchemaRef {
+        let fields: Vec<Field> = table
+            .all_columns()
+            .filter_map(|c| glue_type_to_arrow(&c.data_type).map(|t| Field::new(&c.name, t, true)))
+            .collect();
+        Arc::new(Schema::new(fields))
+    }
+
+    /// A DataFusion table over the table's files. This is the *raw* table: only the policy
+    /// rewrite may scan it, so it is never registered in a user's session by name.
+    pub fn table_provider(
+        &self,
+        database: &str,
+        table: &Table,
+    ) -> Result<Arc<dyn TableProvider>, CatalogError> {
+        let provider_error = |source| CatalogError::Provider {
+            database: database.to_string(),
+            table: table.name.clone(),
+            source,
+        };
+        let location = self.resolve_location(&table.location);
+        let url = ListingTableUrl::parse(format!("{}/", location.display()))
+            .map_err(provider_error)?;
+        let options = match table.format {
+            TableFormat::Parquet => ListingOptions::new(Arc::new(ParquetFormat::default()))
+                .with_file_extension(".parquet"),
+            TableFormat::Csv => {
+                ListingOptions::new(Arc::new(CsvFormat::default().with_has_header(true)))
+                    .with_file_extension(".csv")
+            }
+        };
+        let partition_cols = table
+            .partition_keys
+            .iter()
+            .filter_map(|c| glue_type_to_arrow(&c.data_type).map(|t| (c.name.clone(), t)))
+            .collect();
+        let options = options.with_table_partition_cols(partition_cols);
+        let file_fields: Vec<Field> = table
+            .columns
+            .iter()
+            .filter_map(|c| glue_type_to_arrow(&c.data_type).map(|t| Field::new(&c.name, t, true)))
+            .collect();
+        let config = ListingTableConfig::new(url)
+            .with_listing_options(options)
+            .with_schema(Arc::new(Schema::new(file_fields)));
+        let listing = ListingTable::try_new(config).map_err(provider_error)?;
+        Ok(Arc::new(listing))
+    }
+
+    fn resolve_location(&self, location: &str) -> PathBuf {
+        let path = Path::new(location);
+        let joined = if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.base_dir.join(path)
+        };
+        // Canonical when it exists, so listing URLs are stable; the raw join otherwise (the
+        // scan then fails with a clear "not found" that names no one else's data).
+        joined.canonicalize().unwrap_or(joined)
+    }
+}

@@ -1,0 +1,92 @@
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// The whole catalog: Glue's databases, each with its tables.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Catalog {
+    #[serde(default)]
+    pub databases: Vec<Database>,
+}
+
+/// A Glue database. Lakegate shows it to PostgreSQL clients as a schema.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Database {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub parameters: BTreeMap<String, String>,
+    #[serde(default)]
+    pub tables: Vec<Table>,
+}
+
+/// A Glue table: where its files are, their format, its columns and partition keys, and its
+/// parameters (business metadata: owner, steward, classification, description, tags).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Table {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// A folder of data files; relative paths are resolved against the catalog file's folder.
+    pub location: String,
+    #[serde(default)]
+    pub format: TableFormat,
+    pub columns: Vec<Column>,
+    /// Hive-style partition keys (`key=value` folders), in folder order.
+    #[serde(default)]
+    pub partition_keys: Vec<Column>,
+    #[serde(default)]
+    pub parameters: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TableFormat {
+    #[default]
+    Parquet,
+    Csv,
+}
+
+/// A column, with a Glue/Hive type name (`string`, `bigint`, `decimal(12,2)`, `date`, ...).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Column {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub data_type: String,
+    #[serde(default)]
+    pub comment: Option<String>,
+    /// Column parameters; policy reads them as the column's tags (e.g. `classification: pii`).
+    #[serde(default)]
+    pub parameters: BTreeMap<String, String>,
+}
+
+impl Catalog {
+    pub fn database(&self, name: &str) -> Option<&Database> {
+        self.databases.iter().find(|d| d.name == name)
+    }
+}
+
+impl Database {
+    pub fn table(&self, name: &str) -> Option<&Table> {
+        self.tables.iter().find(|t| t.name == name)
+    }
+}
+
+impl Table {
+    /// Data columns followed by partition keys: the order clients see.
+    pub fn all_columns(&self) -> impl Iterator<Item = &Column> {
+        self.columns.iter().chain(self.partition_keys.iter())
+    }
+
+    /// The table's description: its own field, else the `description` parameter, as Glue keeps it.
+    pub fn description(&self) -> Option<&str> {
+        self.description
+            .as_deref()
+            .or_else(|| self.parameters.get("description").map(String::as_str))
+    }
+}

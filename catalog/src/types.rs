@@ -1,0 +1,59 @@
+use datafusion::arrow::datatypes::{DataType, TimeUnit};
+
+/// Maps a Glue/Hive column type name to its Arrow type, or `None` for a type Lakegate does not
+/// serve yet (the catalog refuses such a table at load time rather than guessing).
+pub fn glue_type_to_arrow(glue_type: &str) -> Option<DataType> {
+    let t = glue_type.trim().to_ascii_lowercase();
+    let simple = match t.as_str() {
+        "string" | "varchar" | "char" => Some(DataType::Utf8),
+        "boolean" => Some(DataType::Boolean),
+        "tinyint" => Some(DataType::Int8),
+        "smallint" => Some(DataType::Int16),
+        "int" | "integer" => Some(DataType::Int32),
+        "bigint" => Some(DataType::Int64),
+        "float" => Some(DataType::Float32),
+        "double" => Some(DataType::Float64),
+        "date" => Some(DataType::Date32),
+        "timestamp" => Some(DataType::Timestamp(TimeUnit::Microsecond, None)),
+        "binary" => Some(DataType::Binary),
+        _ => None,
+    };
+    if simple.is_some() {
+        return simple;
+    }
+    if let Some(args) = t.strip_prefix("decimal(").and_then(|r| r.strip_suffix(')')) {
+        let mut parts = args.split(',').map(str::trim);
+        let precision: u8 = parts.next()?.parse().ok()?;
+        let scale: i8 = parts.next().unwrap_or("0").parse().ok()?;
+        if parts.next().is_some() || precision == 0 || precision > 38 || scale < 0 {
+            return None;
+        }
+        return Some(DataType::Decimal128(precision, scale));
+    }
+    if let Some(len) = t
+        .strip_prefix("varchar(")
+        .or_else(|| t.strip_prefix("char("))
+        .and_then(|r| r.strip_suffix(')'))
+    {
+        return len.trim().parse::<u32>().ok().map(|_| DataType::Utf8);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_glue_types() {
+        assert_eq!(glue_type_to_arrow("string"), Some(DataType::Utf8));
+        assert_eq!(glue_type_to_arrow("BIGINT"), Some(DataType::Int64));
+        assert_eq!(
+            glue_type_to_arrow("decimal(12, 2)"),
+            Some(DataType::Decimal128(12, 2))
+        );
+        assert_eq!(glue_type_to_arrow("varchar(10)"), Some(DataType::Utf8));
+        assert_eq!(glue_type_to_arrow("decimal(99,2)"), None);
+        assert_eq!(glue_type_to_arrow("map<string,int>"), None);
+    }
+}

@@ -1,0 +1,118 @@
+//! The gateway's configuration file (YAML). Every field has a documented default; relative
+//! paths are resolved against the configuration file's folder.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::StartupError;
+
+/// The port Lakegate listens on by default: clear of PostgreSQL (5432) and PgBouncer (6432).
+pub const DEFAULT_PORT: u16 = 7432;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on. Default `127.0.0.1:7432`.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// The PostgreSQL database name clients connect to (`dbname=`). Default `lake`.
+    #[serde(default = "default_database")]
+    pub database: String,
+    /// The schema unqualified table names resolve in. Default: the first catalog database.
+    #[serde(default)]
+    pub default_schema: Option<String>,
+    #[serde(default)]
+    pub tls: TlsConfig,
+    /// The local catalog file (Glue's model). Required.
+    pub catalog: PathBuf,
+    /// Policy files: a folder of `*.yaml` files (read in name order) or one file. Required.
+    pub policy: PathBuf,
+    /// Local users (service users and the quickstart's demo users).
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain. Default `certs/server.crt`.
+    #[serde(default = "default_cert")]
+    pub cert: PathBuf,
+    /// PEM private key. Default `certs/server.key`.
+    #[serde(default = "default_key")]
+    pub key: PathBuf,
+    /// Generate a self-signed certificate for localhost when cert and key are missing.
+    /// Default `false`: production configurations name real files.
+    #[serde(default)]
+    pub generate_self_signed: bool,
+    /// Accept clients without TLS. Default `false`: passwords never cross the wire in clear.
+    #[serde(default)]
+    pub allow_plaintext: bool,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert: default_cert(),
+            key: default_key(),
+            generate_self_signed: false,
+            allow_plaintext: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: String,
+    /// SCRAM secret as printed by `lakegate passwd` (never a plain password).
+    pub scram: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Values row filters may use as `${user.<key>}`.
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+}
+
+fn default_listen() -> String {
+    format!("127.0.0.1:{DEFAULT_PORT}")
+}
+fn default_database() -> String {
+    "lake".to_string()
+}
+fn default_cert() -> PathBuf {
+    PathBuf::from("certs/server.crt")
+}
+fn default_key() -> PathBuf {
+    PathBuf::from("certs/server.key")
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, StartupError> {
+        let text = std::fs::read_to_string(path).map_err(|e| StartupError::Config {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let mut config: Config = serde_saphyr::from_str(&text).map_err(|e| StartupError::Config {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [
+            &mut config.catalog,
+            &mut config.policy,
+            &mut config.tls.cert,
+            &mut config.tls.key,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(config)
+    }
+
+    pub fn user(&self, name: &str) -> Option<&UserConfig> {
+        self.users.iter().find(|u| u.name == name)
+    }
+}

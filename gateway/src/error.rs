@@ -1,0 +1,135 @@
+//! Errors of the gateway layer and how each reaches a client: a SQLSTATE and a message that
+//! says what went wrong without leaking secrets or hidden objects.
+use std::path::PathBuf;
+
+use datafusion::common::SchemaError;
+use datafusion::error::DataFusionError;
+use pgwire::error::{ErrorInfo, PgWireError};
+
+/// Errors that stop the gateway from starting. They go to the operator's terminal.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("configuration {path}: {message}")]
+    Config { path: PathBuf, message: String },
+    #[error(transparent)]
+    Catalog(#[from] lakegate_catalog::CatalogError),
+    #[error("policy has {} problem(s):\n{}", .0.len(), .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
+    Policy(Vec<lakegate_policy::PolicyError>),
+    #[error("policy {path}: {message}")]
+    PolicyFiles { path: PathBuf, message: String },
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Errors a client sees. Each knows its SQLSTATE.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("{message}")]
+    Refused { message: String, hint: String },
+    #[error("relation \"{0}\" does not exist")]
+    UndefinedTable(String),
+    #[error("column \"{0}\" does not exist")]
+    UndefinedColumn(String),
+    #[error("syntax error: {0}")]
+    Syntax(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("canceling statement due to user request")]
+    Cancelled,
+    #[error("{0}")]
+    Execution(String),
+    #[error("internal error; the gateway log has details")]
+    Internal,
+}
+
+impl QueryError {
+    pub fn sqlstate(&self) -> &'static str {
+        match self {
+            QueryError::Refused { .. } => "42501",
+            QueryError::UndefinedTable(_) => "42P01",
+            QueryError::UndefinedColumn(_) => "42703",
+            QueryError::Syntax(_) => "42601",
+            QueryError::Unsupported(_) => "0A000",
+            QueryError::Cancelled => "57014",
+            QueryError::Execution(_) => "22000",
+            QueryError::Internal => "XX000",
+        }
+    }
+
+    pub fn refused(message: impl Into<String>, hint: impl Into<String>) -> Self {
+        QueryError::Refused {
+            message: message.into(),
+            hint: hint.into(),
+        }
+    }
+}
+
+impl From<QueryError> for PgWireError {
+    fn from(e: QueryError) -> Self {
+        let mut info = ErrorInfo::new("ERROR".to_string(), e.sqlstate().to_string(), e.to_string());
+        if let QueryError::Refused { hint, .. } = &e
+            && !hint.is_empty()
+        {
+            info.hint = Some(hint.clone());
+        }
+        PgWireError::UserError(Box::new(info))
+    }
+}
+
+/// Maps DataFusion's errors to what a PostgreSQL user expects. Hidden tables and columns are
+/// not in the user's catalog at all, so they fail exactly like missing ones.
+impl From<DataFusionError> for QueryError {
+    fn from(e: DataFusionError) -> Self {
+        match e.find_root() {
+            DataFusionError::SchemaError(err, _) => match err.as_ref() {
+                SchemaError::FieldNotFound { field, .. } => {
+                    QueryError::UndefinedColumn(field.name().to_string())
+                }
+                other => QueryError::Execution(other.to_string()),
+            },
+            DataFusionError::SQL(err, _) => QueryError::Syntax(err.to_string()),
+            DataFusionError::Plan(msg) => plan_error(msg),
+            DataFusionError::NotImplemented(msg) => QueryError::Unsupported(msg.clone()),
+            DataFusionError::ArrowError(err, _) => QueryError::Execution(err.to_string()),
+            DataFusionError::Execution(msg) => QueryError::Execution(msg.clone()),
+            DataFusionError::Internal(msg) => {
+                tracing::error!(error = %msg, "internal planning error");
+                QueryError::Internal
+            }
+            other => {
+                tracing::error!(error = %other, "query failed");
+                QueryError::Execution(other.strip_backtrace().to_string())
+            }
+        }
+    }
+}
+
+fn plan_error(msg: &str) -> QueryError {
+    // DataFusion: "table 'gtm.gtm.patients' not found"; our analyzer: relation "x" does not exist
+    if let Some(rest) = msg.strip_prefix("table '")
+        && let Some(name) = rest.strip_suffix("' not found")
+    {
+        // drop the catalog part so the name reads like PostgreSQL's
+        let parts: Vec<&str> = name.split('.').collect();
+        let shown = if parts.len() == 3 { parts[1..].join(".") } else { name.to_string() };
+        return QueryError::UndefinedTable(shown);
+    }
+    if let Some(rest) = msg.strip_prefix("relation \"")
+        && let Some(name) = rest.strip_suffix("\" does not exist")
+    {
+        return QueryError::UndefinedTable(name.to_string());
+    }
+    QueryError::Execution(msg.to_string())
+}
+
+pub fn df_err(e: DataFusionError) -> PgWireError {
+    QueryError::from(e).into()
+}

@@ -1,0 +1,358 @@
+//! The query road for one connection: wire → session → gate → plan (policy enforced by the
+//! session's analyzer) → DataFusion → wire. Simple and extended protocol share it; cursors,
+//! SET/SHOW and transaction statements use datafusion-postgres's hooks on the same per-user
+//! session, so they plan through the same policy.
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::sql::parser::Statement as DfStatementWrapper;
+use datafusion::sql::sqlparser::ast::Statement;
+use datafusion::execution::context::SQLOptions;
+use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+use datafusion_postgres::QueryHook;
+use datafusion_postgres::hooks::cursor::CursorStatementHook;
+use datafusion_postgres::hooks::set_show::SetShowHook;
+use datafusion_postgres::hooks::transactions::TransactionStatementHook;
+use futures::{Sink, StreamExt, stream};
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{FieldInfo, QueryResponse, Response, Tag};
+use pgwire::api::stmt::QueryParser;
+use pgwire::api::store::PortalStore;
+use pgwire::api::{ClientInfo, ClientPortalStore, ConnectionHandle, Type};
+use pgwire::error::{PgWireError, PgWireResult};
+use pgwire::messages::PgWireBackendMessage;
+use pgwire::types::format::FormatOptions;
+
+use crate::error::{QueryError, df_err};
+use crate::gate;
+use crate::lake::{Lake, UserSession};
+use crate::pg_compat;
+
+/// A prepared statement: its text and, unless empty, the parsed statement and its plan.
+/// (The shape datafusion-postgres's hooks expect in the portal store.)
+pub type PreparedStatement = (String, Option<(Statement, LogicalPlan)>);
+
+pub struct QueryHandler {
+    lake: Arc<Lake>,
+    parser: Arc<LakeParser>,
+    hooks: Vec<Arc<dyn QueryHook>>,
+}
+
+impl QueryHandler {
+    pub fn new(lake: Arc<Lake>) -> Self {
+        QueryHandler {
+            parser: Arc::new(LakeParser {
+                lake: lake.clone(),
+                sql_parser: PostgresCompatibilityParser::new(),
+            }),
+            lake,
+            hooks: vec![
+                Arc::new(CursorStatementHook),
+                Arc::new(SetShowHook),
+                Arc::new(TransactionStatementHook),
+            ],
+        }
+    }
+}
+
+/// The user's session, built on first use after login and kept for the connection.
+async fn user_session<C: ClientInfo + ?Sized>(lake: &Lake, client: &C) -> PgWireResult<Arc<UserSession>> {
+    if let Some(session) = client.session_extensions().get::<UserSession>() {
+        return Ok(session);
+    }
+    let user = client.metadata().get(pgwire::api::METADATA_USER).cloned().unwrap_or_default();
+    let Some(identity) = lake.identity_of(&user) else {
+        return Err(QueryError::refused("permission denied: unknown user", "").into());
+    };
+    let session = lake.session_for(identity).await.map_err(|e| {
+        tracing::error!(user = %user, error = %e, "cannot build session");
+        PgWireError::from(QueryError::Internal)
+    })?;
+    client.session_extensions().insert(session);
+    client
+        .session_extensions()
+        .get::<UserSession>()
+        .ok_or_else(|| QueryError::Internal.into())
+}
+
+pub struct LakeParser {
+    lake: Arc<Lake>,
+    sql_parser: PostgresCompatibilityParser,
+}
+
+impl LakeParser {
+    fn parse(&self, sql: &str) -> Result<Vec<Statement>, QueryError> {
+        match self.sql_parser.parse(sql) {
+            Ok(mut statements) => {
+                for s in &mut statements {
+                    pg_compat::rewrite_description_calls(s);
+                }
+                Ok(statements)
+            }
+            Err(e) => Err(gate::refuse_unparsed(sql).unwrap_or_else(|| QueryError::Syntax(e.to_string()))),
+        }
+    }
+}
+
+/// Plans a gated statement in the user's session. Policy is applied when the plan is
+/// optimized for execution (the session's first analyzer rule), whatever path runs it.
+async fn plan_statement(session: &UserSession, statement: &Statement) -> Result<LogicalPlan, QueryError> {
+    let state = session.context.state();
+    let plan = state
+        .statement_to_plan(DfStatementWrapper::Statement(Box::new(statement.clone())))
+        .await?;
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+        .verify_plan(&plan)
+        .map_err(|_| QueryError::refused("permission denied: statement not allowed", ""))?;
+    Ok(plan)
+}
+
+fn format_options<C: ClientInfo + ?Sized>(client: &C) -> Arc<FormatOptions> {
+    Arc::new(FormatOptions::from_client_metadata(client.metadata()))
+}
+
+/// Runs a plan and streams its rows; a cancel request for this connection ends the stream
+/// with 57014.
+async fn execute<C: ClientInfo + ?Sized>(
+    client: &C,
+    session: &UserSession,
+    plan: LogicalPlan,
+    format: &Format,
+) -> PgWireResult<Response> {
+    let cancel = match client.session_extensions().get::<Arc<ConnectionHandle>>() {
+        Some(handle) => Some(handle.start_query().await),
+        None => None,
+    };
+    let df = session.context.execute_logical_plan(plan).await.map_err(df_err)?;
+    let fields = Arc::new(pgwire_fields(df.schema().as_arrow(), format, client)?);
+    let batches = df.execute_stream().await.map_err(df_err)?;
+    let rows = encode_rows(fields.clone(), cancellable(batches, cancel));
+    Ok(Response::Query(QueryResponse::new(fields, rows)))
+}
+
+fn pgwire_fields<C: ClientInfo + ?Sized>(
+    schema: &datafusion::arrow::datatypes::Schema,
+    format: &Format,
+    client: &C,
+) -> PgWireResult<Vec<FieldInfo>> {
+    arrow_pg::datatypes::arrow_schema_to_pg_fields(schema, format, Some(format_options(client)))
+}
+
+fn encode_rows(
+    fields: Arc<Vec<FieldInfo>>,
+    batches: impl futures::Stream<Item = Result<RecordBatch, QueryError>> + Send + 'static,
+) -> impl futures::Stream<Item = PgWireResult<pgwire::messages::data::DataRow>> + Send + 'static {
+    batches
+        .map(move |batch| -> Box<dyn Iterator<Item = _> + Send> {
+            match batch {
+                Ok(batch) => Box::new(arrow_pg::datatypes::encode_recordbatch(fields.clone(), batch)),
+                Err(e) => Box::new(std::iter::once(Err(PgWireError::from(e)))),
+            }
+        })
+        .flat_map(stream::iter)
+}
+
+/// Batches until the end, an error, or a cancel request (then one 57014 and the end).
+fn cancellable(
+    batches: SendableRecordBatchStream,
+    cancel: Option<futures::channel::oneshot::Receiver<()>>,
+) -> impl futures::Stream<Item = Result<RecordBatch, QueryError>> + Send + 'static {
+    stream::unfold((batches, cancel, false), |(mut batches, mut cancel, done)| async move {
+        if done {
+            return None;
+        }
+        loop {
+            match cancel.as_mut() {
+                Some(rx) => {
+                    tokio::select! {
+                        signal = rx => match signal {
+                            Ok(()) => return Some((Err(QueryError::Cancelled), (batches, None, true))),
+                            // a later statement replaced this one's cancel slot: keep streaming
+                            Err(_) => cancel = None,
+                        },
+                        item = batches.next() => {
+                            return item.map(|r| {
+                                let failed = r.is_err();
+                                (r.map_err(QueryError::from), (batches, cancel, failed))
+                            });
+                        }
+                    }
+                }
+                None => {
+                    return batches.next().await.map(|r| {
+                        let failed = r.is_err();
+                        (r.map_err(QueryError::from), (batches, None, failed))
+                    });
+                }
+            }
+        }
+    })
+}
+
+fn statement_tag(statement: &Statement) -> Option<Response> {
+    match statement {
+        Statement::Discard { .. } => Some(Response::Execution(Tag::new("DISCARD ALL"))),
+        Statement::Deallocate { .. } => Some(Response::Execution(Tag::new("DEALLOCATE"))),
+        _ => None,
+    }
+}
+
+#[async_trait]
+impl SimpleQueryHandler for QueryHandler {
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let session = user_session(&self.lake, client).await?;
+        let statements = self.parser.parse(query)?;
+        if statements.is_empty() {
+            return Ok(vec![Response::EmptyQuery]);
+        }
+        let mut responses = Vec::with_capacity(statements.len());
+        'statements: for statement in statements {
+            if let Err(e) = gate::check(&statement) {
+                tracing::info!(user = %session.identity.name, sqlstate = e.sqlstate(), "statement refused");
+                return Err(e.into());
+            }
+            if let Some(response) = statement_tag(&statement) {
+                responses.push(response);
+                continue;
+            }
+            for hook in &self.hooks {
+                if let Some(result) = hook.handle_simple_query(&statement, &session.context, client).await {
+                    responses.push(result?);
+                    continue 'statements;
+                }
+            }
+            let plan = plan_statement(&session, &statement).await?;
+            responses.push(execute(client, &session, plan, &Format::UnifiedText).await?);
+        }
+        Ok(responses)
+    }
+}
+
+#[async_trait]
+impl QueryParser for LakeParser {
+    type Statement = PreparedStatement;
+
+    async fn parse_sql<C>(&self, client: &C, sql: &str, _types: &[Option<Type>]) -> PgWireResult<Option<Self::Statement>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let session = user_session(&self.lake, client).await?;
+        let mut statements = self.parser_statements(sql)?;
+        if statements.is_empty() {
+            return Ok(None);
+        }
+        if statements.len() > 1 {
+            return Err(QueryError::Syntax("cannot insert multiple commands into a prepared statement".into()).into());
+        }
+        let statement = statements.remove(0);
+        gate::check(&statement)?;
+        let text = statement.to_string();
+        let plan = match &statement {
+            Statement::Query(_) | Statement::Explain { .. } => plan_statement(&session, &statement).await?,
+            // hooks and tags answer these at execute time; they describe no rows
+            _ => LogicalPlan::EmptyRelation(datafusion::logical_expr::EmptyRelation {
+                produce_one_row: false,
+                schema: Arc::new(datafusion::common::DFSchema::empty()),
+            }),
+        };
+        Ok(Some((text, Some((statement, plan)))))
+    }
+
+    fn get_parameter_types(&self, stmt: &Self::Statement) -> PgWireResult<Vec<Type>> {
+        match stmt {
+            (_, Some((_, plan))) => parameter_types(plan)
+                .into_iter()
+                .map(|t| match t {
+                    Some(t) => arrow_pg::datatypes::into_pg_type(&t),
+                    None => Ok(Type::UNKNOWN),
+                })
+                .collect(),
+            _ => Ok(vec![]),
+        }
+    }
+
+    fn get_result_schema(&self, stmt: &Self::Statement, column_format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
+        match stmt {
+            (_, Some((_, plan))) => arrow_pg::datatypes::arrow_schema_to_pg_fields(
+                plan.schema().as_arrow(),
+                column_format.unwrap_or(&Format::UnifiedText),
+                None,
+            ),
+            _ => Ok(vec![]),
+        }
+    }
+}
+
+impl LakeParser {
+    fn parser_statements(&self, sql: &str) -> PgWireResult<Vec<Statement>> {
+        self.parse(sql).map_err(Into::into)
+    }
+}
+
+/// Parameter types in `$1, $2, ...` order (None where DataFusion could not infer one).
+fn parameter_types(plan: &LogicalPlan) -> Vec<Option<DataType>> {
+    let types: HashMap<String, Option<DataType>> = plan.get_parameter_types().unwrap_or_default();
+    let mut entries: Vec<(usize, Option<DataType>)> = types
+        .into_iter()
+        .map(|(k, v)| (k.trim_start_matches('$').parse().unwrap_or(usize::MAX), v))
+        .collect();
+    entries.sort_by_key(|(i, _)| *i);
+    entries.into_iter().map(|(_, v)| v).collect()
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for QueryHandler {
+    type Statement = PreparedStatement;
+    type QueryParser = LakeParser;
+
+    fn query_parser(&self) -> Arc<Self::QueryParser> {
+        self.parser.clone()
+    }
+
+    async fn do_query<C>(&self, client: &mut C, portal: &Portal<Self::Statement>, _max_rows: usize) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let session = user_session(&self.lake, client).await?;
+        let (_, Some((statement, plan))) = &portal.statement.statement else {
+            return Ok(Response::EmptyQuery);
+        };
+        let types = parameter_types(plan);
+        let type_refs: Vec<Option<&DataType>> = types.iter().map(Option::as_ref).collect();
+        let params = arrow_pg::datatypes::df::deserialize_parameters(portal, &type_refs)?;
+        if let Some(response) = statement_tag(statement) {
+            return Ok(response);
+        }
+        for hook in &self.hooks {
+            if let Some(result) = hook
+                .handle_extended_query(statement, plan, &params, &session.context, client)
+                .await
+            {
+                return result;
+            }
+        }
+        let plan = plan
+            .clone()
+            .replace_params_with_values(&params)
+            .map_err(df_err)?;
+        execute(client, &session, plan, &portal.result_column_format).await
+    }
+}

@@ -1,0 +1,207 @@
+//! The lake as one user sees it: builds a user's DataFusion session whose catalog holds only
+//! the tables (and columns) policy lets that user read, with `EnforcePolicy` as the first
+//! analyzer rule so every plan of the session is rewritten.
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::catalog::{
+    CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider, Session,
+    TableProvider,
+};
+use datafusion::common::TableReference;
+use datafusion::error::Result as DfResult;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::context::QueryPlanner;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::optimizer::Analyzer;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use lakegate_catalog::{LocalCatalog, Table};
+use lakegate_policy::{
+    ColumnMeta, Decision, EnforcePolicy, Identity, PolicyExtensionPlanner, PolicySet, PolicyView,
+    TableMeta, compile_access,
+};
+
+use crate::config::Config;
+use crate::error::StartupError;
+use crate::pg_compat;
+
+/// Shared, read-only state every session is built from.
+#[derive(Debug)]
+pub struct Lake {
+    pub config: Arc<Config>,
+    pub catalog: LocalCatalog,
+    pub policy: PolicySet,
+    pub default_schema: String,
+    raw: BTreeMap<(String, String), Arc<dyn TableProvider>>,
+}
+
+/// One user's session: who they are and the DataFusion context holding only what they may read.
+pub struct UserSession {
+    pub identity: Identity,
+    pub context: SessionContext,
+}
+
+/// The visible `schema.table → columns`, answering `has_*_privilege` from policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Visible {
+    pub database: String,
+    pub default_schema: String,
+    pub tables: BTreeMap<(String, String), Vec<String>>,
+}
+
+impl Lake {
+    pub fn new(config: Arc<Config>, catalog: LocalCatalog, policy: PolicySet) -> Result<Lake, StartupError> {
+        let mut raw = BTreeMap::new();
+        for db in &catalog.catalog().databases {
+            for table in &db.tables {
+                let provider = catalog.table_provider(&db.name, table)?;
+                raw.insert((db.name.clone(), table.name.clone()), provider);
+            }
+        }
+        let default_schema = config
+            .default_schema
+            .clone()
+            .or_else(|| catalog.catalog().databases.first().map(|d| d.name.clone()))
+            .unwrap_or_else(|| "public".to_string());
+        Ok(Lake {
+            config,
+            catalog,
+            policy,
+            default_schema,
+            raw,
+        })
+    }
+
+    pub fn identity_of(&self, user: &str) -> Option<Identity> {
+        self.config.user(user).map(|u| Identity {
+            name: u.name.clone(),
+            groups: u.groups.clone(),
+            attributes: u.attributes.clone(),
+        })
+    }
+
+    pub fn table_meta(database: &str, table: &Table) -> TableMeta {
+        TableMeta {
+            database: database.to_string(),
+            table: table.name.clone(),
+            tags: table.parameters.clone(),
+            columns: table
+                .all_columns()
+                .map(|c| ColumnMeta {
+                    name: c.name.clone(),
+                    tags: c.parameters.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    fn session_context(&self) -> SessionContext {
+        let mut config = SessionConfig::new()
+            .with_default_catalog_and_schema(&self.config.database, &self.default_schema)
+            .with_information_schema(true)
+            .with_create_default_catalog_and_schema(false);
+        let options = config.options_mut();
+        options.sql_parser.dialect = datafusion::config::Dialect::PostgreSQL;
+        // EXPLAIN shows the logical plan only: physical plans name files and buckets.
+        options.explain.logical_plan_only = true;
+        let mut rules: Vec<Arc<dyn datafusion::optimizer::AnalyzerRule + Send + Sync>> =
+            vec![Arc::new(EnforcePolicy)];
+        rules.extend(Analyzer::new().rules);
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_default_features()
+            .with_analyzer_rules(rules)
+            .with_query_planner(Arc::new(PolicyQueryPlanner))
+            .build();
+        SessionContext::new_with_state(state)
+    }
+
+    /// Builds the session of one user. A table whose policy cannot be compiled is left out
+    /// (fail closed) and logged for the operator.
+    pub async fn session_for(&self, identity: Identity) -> Result<UserSession, StartupError> {
+        let context = self.session_context();
+        let state = context.state();
+        let catalog = MemoryCatalogProvider::new();
+        let mut visible = Visible {
+            database: self.config.database.clone(),
+            default_schema: self.default_schema.clone(),
+            tables: BTreeMap::new(),
+        };
+        let mut comments = Vec::new();
+        for db in &self.catalog.catalog().databases {
+            let schema = MemorySchemaProvider::new();
+            for table in &db.tables {
+                let meta = Self::table_meta(&db.name, table);
+                let Decision::Allowed(access) = self.policy.decide(&identity, &meta) else {
+                    continue;
+                };
+                let Some(raw) = self.raw.get(&(db.name.clone(), table.name.clone())) else {
+                    continue;
+                };
+                let reference = TableReference::partial(db.name.as_str(), table.name.as_str());
+                let compiled = match compile_access(&access, &identity, reference, raw.clone(), &state) {
+                    Ok(c) => c,
+                    Err(error) => {
+                        tracing::error!(table = %format!("{}.{}", db.name, table.name), rule = %access.rule,
+                            location = %access.rule_location, %error, "policy does not compile; table hidden");
+                        continue;
+                    }
+                };
+                let columns: Vec<String> = access.columns.iter().map(|c| c.name.clone()).collect();
+                comments.extend(pg_compat::comments_of(&db.name, table, &columns));
+                let view = PolicyView::new(format!("{}.{}", db.name, table.name), access.rule.clone(), compiled);
+                if schema.register_table(table.name.clone(), Arc::new(view)).is_ok() {
+                    visible.tables.insert((db.name.clone(), table.name.clone()), columns);
+                }
+            }
+            if !schema.table_names().is_empty() {
+                let _ = catalog.register_schema(&db.name, Arc::new(schema));
+            }
+        }
+        context.register_catalog(&self.config.database, Arc::new(catalog));
+        pg_compat::install(&context, &visible, comments)
+            .await
+            .map_err(|e| StartupError::Other(format!("pg_catalog setup: {e}")))?;
+        pg_compat::set_user(&context, &identity.name);
+        Ok(UserSession { identity, context })
+    }
+}
+
+/// DataFusion's physical planner with the policy barrier's extension planner.
+#[derive(Debug)]
+struct PolicyQueryPlanner;
+
+#[async_trait]
+impl QueryPlanner for PolicyQueryPlanner {
+    async fn create_physical_plan(
+        &self,
+        logical_plan: &LogicalPlan,
+        session: &dyn Session,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(PolicyExtensionPlanner)])
+            .create_physical_plan(logical_plan, session)
+            .await
+    }
+}
+
+impl Visible {
+    /// Resolves `table` or `schema.table` (optionally quoted) against the visible tables.
+    pub fn table(&self, name: &str) -> Option<&Vec<String>> {
+        let parts: Vec<String> = name.split('.').map(|p| p.trim_matches('"').to_string()).collect();
+        let key = match parts.as_slice() {
+            [t] => (self.default_schema.clone(), t.to_lowercase()),
+            [s, t] => (s.clone(), t.clone()),
+            [d, s, t] if *d == self.database => (s.clone(), t.clone()),
+            _ => return None,
+        };
+        self.tables.get(&key)
+    }
+
+    pub fn schema(&self, name: &str) -> bool {
+        matches!(name, "pg_catalog" | "information_schema")
+            || self.tables.keys().any(|(s, _)| s == name)
+    }
+}

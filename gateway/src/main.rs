@@ -1,0 +1,219 @@
+//! `lakegate`: the gateway binary.
+mod auth;
+mod config;
+mod demo;
+mod error;
+mod gate;
+mod handler;
+mod lake;
+mod pg_compat;
+mod server;
+mod tls;
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use lakegate_catalog::LocalCatalog;
+use lakegate_policy::{Decision, PolicySet, PolicySource, compile_access};
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::error::StartupError;
+use crate::lake::Lake;
+
+#[derive(Parser)]
+#[command(name = "lakegate", version, about = "A PostgreSQL-speaking gateway that enforces data-mesh policy on every query")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve PostgreSQL clients with the given configuration.
+    Serve {
+        #[arg(long, short, env = "LAKEGATE_CONFIG")]
+        config: PathBuf,
+        /// Override the configuration's listen address (e.g. 127.0.0.1:0 for a free port).
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Generate the demo data if missing, then serve the quickstart (examples/quickstart).
+    Quickstart {
+        #[arg(long, default_value = "examples/quickstart")]
+        dir: PathBuf,
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Write the quickstart's demo data set under DIR/data unless it is there.
+    GenerateDemo {
+        #[arg(long, default_value = "examples/quickstart")]
+        dir: PathBuf,
+    },
+    /// Validate configuration, catalog and policy; compile every rule against every table it
+    /// grants. Errors point at file, line and rule.
+    Check {
+        #[arg(long, short, env = "LAKEGATE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Read a password on standard input and print the SCRAM secret to put in the config.
+    Passwd,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LAKEGATE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("lakegate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lakegate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<(), StartupError> {
+    match command {
+        Command::Serve { config, listen } => serve(&config, listen).await,
+        Command::Quickstart { dir, listen } => {
+            generate_demo(&dir)?;
+            serve(&dir.join("lakegate.yaml"), listen).await
+        }
+        Command::GenerateDemo { dir } => generate_demo(&dir),
+        Command::Check { config } => check(&config).await,
+        Command::Passwd => {
+            let mut line = String::new();
+            std::io::stdin()
+                .lock()
+                .read_line(&mut line)
+                .map_err(|e| StartupError::Other(format!("reading the password: {e}")))?;
+            let password = line.trim_end_matches(['\n', '\r']);
+            if password.is_empty() {
+                return Err(StartupError::Other("empty password".into()));
+            }
+            println!("{}", auth::make_secret(password));
+            Ok(())
+        }
+    }
+}
+
+fn generate_demo(dir: &Path) -> Result<(), StartupError> {
+    let data = dir.join("data");
+    let created = demo::ensure(&data).map_err(|e| StartupError::Other(format!("writing demo data to {}: {e}", data.display())))?;
+    if created {
+        tracing::info!(dir = %data.display(), "generated the quickstart data set");
+    }
+    Ok(())
+}
+
+fn load_policy(path: &Path) -> Result<PolicySet, StartupError> {
+    let files_error = |message: String| StartupError::PolicyFiles {
+        path: path.to_path_buf(),
+        message,
+    };
+    let mut files: Vec<PathBuf> = if path.is_dir() {
+        std::fs::read_dir(path)
+            .map_err(|e| files_error(e.to_string()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+            .collect()
+    } else {
+        vec![path.to_path_buf()]
+    };
+    files.sort();
+    let mut sources = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).map_err(|e| files_error(format!("{}: {e}", file.display())))?;
+        sources.push(PolicySource {
+            file: file.display().to_string(),
+            text,
+        });
+    }
+    PolicySet::load(&sources).map_err(StartupError::Policy)
+}
+
+fn load_lake(config_path: &Path) -> Result<Lake, StartupError> {
+    let config = Config::load(config_path)?;
+    auth::validate_users(&config).map_err(|message| StartupError::Config {
+        path: config_path.to_path_buf(),
+        message,
+    })?;
+    let catalog = LocalCatalog::load(&config.catalog)?;
+    let policy = load_policy(&config.policy)?;
+    Lake::new(Arc::new(config), catalog, policy)
+}
+
+async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), StartupError> {
+    let lake = Arc::new(load_lake(config_path)?);
+    let tls = tls::acceptor(&lake.config.tls)?;
+    let addr = listen.unwrap_or_else(|| lake.config.listen.clone());
+    let listener = TcpListener::bind(&addr)
+        .await
+        .map_err(|source| StartupError::Listen { addr: addr.clone(), source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| StartupError::Listen { addr: addr.clone(), source })?;
+    tracing::info!(rules = lake.policy.rule_count(), database = %lake.config.database, "policy loaded");
+    // Tests and scripts wait for this exact line on stdout.
+    println!("lakegate listening on {local}");
+    server::Server::new(lake, Some(tls))
+        .serve(listener)
+        .await
+        .map_err(|source| StartupError::Listen { addr, source })
+}
+
+/// Compiles every granted table for every configured user, so a rule that does not compile
+/// fails here, not as a silently hidden table at run time.
+async fn check(config_path: &Path) -> Result<(), StartupError> {
+    let lake = load_lake(config_path)?;
+    let ctx = datafusion::prelude::SessionContext::new();
+    let state = ctx.state();
+    let mut problems = Vec::new();
+    let mut granted = 0;
+    for user in &lake.config.users {
+        let Some(identity) = lake.identity_of(&user.name) else { continue };
+        for db in &lake.catalog.catalog().databases {
+            for table in &db.tables {
+                let meta = Lake::table_meta(&db.name, table);
+                if let Decision::Allowed(access) = lake.policy.decide(&identity, &meta) {
+                    granted += 1;
+                    let raw = lake.catalog.table_provider(&db.name, table)?;
+                    let reference = datafusion::common::TableReference::partial(db.name.as_str(), table.name.as_str());
+                    if let Err(e) = compile_access(&access, &identity, reference, raw, &state) {
+                        problems.push(format!(
+                            "{}: rule \"{}\" for {}.{} (user {}): {e}",
+                            access.rule_location, access.rule, db.name, table.name, user.name
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    if problems.is_empty() {
+        println!(
+            "ok: {} rule(s), {} user(s), {} grant(s) compiled",
+            lake.policy.rule_count(),
+            lake.config.users.len(),
+            granted
+        );
+        Ok(())
+    } else {
+        Err(StartupError::Other(problems.join("\n")))
+    }
+}

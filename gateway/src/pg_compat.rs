@@ -1,0 +1,312 @@
+//! What PostgreSQL clients expect beyond plain SQL, answered for one user: datafusion-pg-catalog
+//! provides pg_catalog over the user's (already filtered) catalog; this module adds what must
+//! come from Lakegate itself: the server version, the user's name, privileges from policy, and
+//! table and column comments from the catalog.
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{Array, ArrayRef, BooleanBuilder, StringArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::catalog::{SchemaProvider, TableProvider};
+use datafusion::catalog::view::ViewTable;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility, create_udf,
+};
+use datafusion::prelude::SessionContext;
+use datafusion::sql::sqlparser::ast::{
+    Expr as SqlExpr, FunctionArg, FunctionArgExpr, FunctionArguments, Statement, visit_expressions_mut,
+};
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
+use lakegate_catalog::Table;
+
+use crate::lake::Visible;
+
+pub const PG_VERSION: &str = "16.6";
+
+/// `server_version` as SQLAlchemy, JDBC and psql parse it.
+pub fn server_version() -> String {
+    format!("{PG_VERSION} (Lakegate {})", env!("CARGO_PKG_VERSION"))
+}
+
+/// A comment on a table (`column` None) or a visible column.
+#[derive(Debug, Clone)]
+pub struct Comment {
+    schema: String,
+    table: String,
+    column: Option<String>,
+    text: String,
+}
+
+pub fn comments_of(schema: &str, table: &Table, visible_columns: &[String]) -> Vec<Comment> {
+    let mut out = Vec::new();
+    if let Some(text) = table.description() {
+        out.push(Comment {
+            schema: schema.to_string(),
+            table: table.name.clone(),
+            column: None,
+            text: text.to_string(),
+        });
+    }
+    for column in table.all_columns() {
+        if let Some(text) = &column.comment
+            && visible_columns.contains(&column.name)
+        {
+            out.push(Comment {
+                schema: schema.to_string(),
+                table: table.name.clone(),
+                column: Some(column.name.clone()),
+                text: text.clone(),
+            });
+        }
+    }
+    out
+}
+
+/// Installs pg_catalog and Lakegate's answers into a user's session.
+pub async fn install(ctx: &SessionContext, visible: &Visible, comments: Vec<Comment>) -> DfResult<()> {
+    datafusion_pg_catalog::setup_pg_catalog(ctx, &visible.database, EmptyContextProvider)
+        .map_err(|e| *e)?;
+    let version = format!(
+        "PostgreSQL {PG_VERSION} (Lakegate {}) on x86_64-pc-linux-gnu, compiled by rustc, 64-bit",
+        env!("CARGO_PKG_VERSION")
+    );
+    ctx.register_udf(constant_text("version", version));
+    let visible = Arc::new(visible.clone());
+    for (name, kind) in [
+        ("has_table_privilege", PrivilegeKind::Table),
+        ("has_any_column_privilege", PrivilegeKind::Table),
+        ("has_column_privilege", PrivilegeKind::Column),
+        ("has_schema_privilege", PrivilegeKind::Schema),
+        ("has_database_privilege", PrivilegeKind::Database),
+    ] {
+        ctx.register_udf(ScalarUDF::from(PrivilegeUdf {
+            name: name.to_string(),
+            kind,
+            visible: visible.clone(),
+            signature: Signature::variadic_any(Volatility::Stable),
+        }));
+    }
+    install_descriptions(ctx, &visible.database, comments).await
+}
+
+/// Sets the user name the session's `current_user` and `session_user` return.
+pub fn set_user(ctx: &SessionContext, user: &str) {
+    for name in ["current_user", "session_user", "user", "current_role"] {
+        ctx.register_udf(constant_text(name, user.to_string()));
+    }
+}
+
+fn constant_text(name: &str, value: String) -> ScalarUDF {
+    create_udf(
+        name,
+        vec![],
+        DataType::Utf8,
+        Volatility::Stable,
+        Arc::new(move |args: &[ColumnarValue]| {
+            let _ = args;
+            Ok(ColumnarValue::Scalar(datafusion::scalar::ScalarValue::Utf8(Some(value.clone()))))
+        }),
+    )
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum PrivilegeKind {
+    Table,
+    Column,
+    Schema,
+    Database,
+}
+
+/// `has_*_privilege` answered from policy: SELECT on visible tables and columns, USAGE on
+/// schemas that hold one, CONNECT on the database; everything else is false. An object given
+/// by OID, which this gateway cannot map back, is answered false (fail closed).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct PrivilegeUdf {
+    name: String,
+    kind: PrivilegeKind,
+    visible: Arc<Visible>,
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for PrivilegeUdf {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _arg_types: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Boolean)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let texts: Vec<ArrayRef> = arrays
+            .iter()
+            .map(|a| cast(a, &DataType::Utf8))
+            .collect::<Result<_, _>>()?;
+        let strings: Vec<&StringArray> = texts
+            .iter()
+            .map(|a| a.as_any().downcast_ref::<StringArray>())
+            .collect::<Option<_>>()
+            .ok_or_else(|| DataFusionError::Execution(format!("{}: bad arguments", self.name)))?;
+        // (object, privilege), (user, object, privilege), and for columns
+        // (table, column, privilege) or (user, table, column, privilege).
+        let object_args = match self.kind {
+            PrivilegeKind::Column => 3,
+            _ => 2,
+        };
+        let skip_user = usize::from(strings.len() > object_args);
+        if strings.len() < object_args || strings.len() > object_args + 1 {
+            return Err(DataFusionError::Plan(format!("{}: wrong number of arguments", self.name)));
+        }
+        let mut out = BooleanBuilder::with_capacity(args.number_rows);
+        for row in 0..args.number_rows {
+            let value = |i: usize| {
+                let a = strings[skip_user + i];
+                (!a.is_null(row)).then(|| a.value(row))
+            };
+            let privilege = value(object_args - 1).map(|p| p.to_ascii_uppercase());
+            let (Some(object), Some(privilege)) = (value(0), privilege) else {
+                out.append_null();
+                continue;
+            };
+            let allowed = match self.kind {
+                PrivilegeKind::Table => {
+                    privilege.contains("SELECT") && self.visible.table(object).is_some()
+                }
+                PrivilegeKind::Column => {
+                    let column = value(1).unwrap_or_default();
+                    privilege.contains("SELECT")
+                        && self
+                            .visible
+                            .table(object)
+                            .is_some_and(|cols| cols.iter().any(|c| c == column))
+                }
+                PrivilegeKind::Schema => privilege.contains("USAGE") && self.visible.schema(object),
+                PrivilegeKind::Database => {
+                    privilege.contains("CONNECT") && object == self.visible.database
+                }
+            };
+            out.append_value(allowed);
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
+}
+
+fn sql_text(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// `pg_catalog.pg_description` as a view joining the catalog's comments to the oids that
+/// datafusion-pg-catalog assigns, placed over its static (empty) table.
+async fn install_descriptions(ctx: &SessionContext, database: &str, comments: Vec<Comment>) -> DfResult<()> {
+    let rows: Vec<String> = comments
+        .iter()
+        .map(|c| {
+            format!(
+                "({}, {}, {}, {})",
+                sql_text(&c.schema),
+                sql_text(&c.table),
+                c.column.as_deref().map(sql_text).unwrap_or_else(|| "CAST(NULL AS VARCHAR)".into()),
+                sql_text(&c.text)
+            )
+        })
+        .collect();
+    let values = if rows.is_empty() {
+        "SELECT CAST(NULL AS VARCHAR) AS nsp, CAST(NULL AS VARCHAR) AS rel, CAST(NULL AS VARCHAR) AS col, CAST(NULL AS VARCHAR) AS description WHERE false".to_string()
+    } else {
+        format!("SELECT * FROM (VALUES {}) AS v(nsp, rel, col, description)", rows.join(", "))
+    };
+    let sql = format!(
+        "WITH d AS ({values}) \
+         SELECT c.oid AS objoid, CAST(1259 AS INT) AS classoid, \
+                CAST(COALESCE(a.attnum, 0) AS INT) AS objsubid, d.description AS description \
+         FROM d JOIN pg_catalog.pg_namespace n ON n.nspname = d.nsp \
+         JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = d.rel \
+         LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attname = d.col \
+         WHERE d.col IS NULL OR a.attnum IS NOT NULL"
+    );
+    let state = ctx.state();
+    let statement = state.sql_to_statement(&sql, &datafusion::config::Dialect::PostgreSQL)?;
+    let plan = state.statement_to_plan(statement).await?;
+    let view: Arc<dyn TableProvider> = Arc::new(ViewTable::new(plan, Some(sql)));
+    let Some(catalog) = ctx.catalog(database) else {
+        return Ok(());
+    };
+    let Some(inner) = catalog.schema("pg_catalog") else {
+        return Ok(());
+    };
+    let overlay = Overlay {
+        inner,
+        tables: HashMap::from([("pg_description".to_string(), view)]),
+    };
+    catalog.register_schema("pg_catalog", Arc::new(overlay))?;
+    Ok(())
+}
+
+/// pg_catalog with some tables answered by Lakegate.
+#[derive(Debug)]
+struct Overlay {
+    inner: Arc<dyn SchemaProvider>,
+    tables: HashMap<String, Arc<dyn TableProvider>>,
+}
+
+#[async_trait]
+impl SchemaProvider for Overlay {
+    fn table_names(&self) -> Vec<String> {
+        self.inner.table_names()
+    }
+    async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        match self.tables.get(&name.to_ascii_lowercase()) {
+            Some(t) => Ok(Some(t.clone())),
+            None => self.inner.table(name).await,
+        }
+    }
+    fn table_exist(&self, name: &str) -> bool {
+        self.inner.table_exist(name)
+    }
+}
+
+/// Rewrites `col_description(oid, attnum)` and `obj_description(oid[, 'pg_class'])` into
+/// subqueries over `pg_description`: their answer depends on a table, which a scalar function
+/// cannot read.
+pub fn rewrite_description_calls(statement: &mut Statement) {
+    let _ = visit_expressions_mut(statement, |expr| {
+        if let SqlExpr::Function(f) = expr {
+            let name = f.name.0.last().and_then(|p| p.as_ident()).map(|i| i.value.to_ascii_lowercase());
+            let args: Vec<SqlExpr> = match &f.args {
+                FunctionArguments::List(list) => list
+                    .args
+                    .iter()
+                    .filter_map(|a| match a {
+                        FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e.clone()),
+                        _ => None,
+                    })
+                    .collect(),
+                _ => vec![],
+            };
+            let sub = match (name.as_deref(), args.as_slice()) {
+                (Some("col_description"), [oid, attnum]) => Some(format!(
+                    "(SELECT max(pgd.description) FROM pg_catalog.pg_description AS pgd WHERE pgd.objoid = {oid} AND pgd.objsubid = {attnum})"
+                )),
+                (Some("obj_description"), [oid]) | (Some("obj_description"), [oid, _]) => Some(format!(
+                    "(SELECT max(pgd.description) FROM pg_catalog.pg_description AS pgd WHERE pgd.objoid = {oid} AND pgd.objsubid = 0)"
+                )),
+                _ => None,
+            };
+            if let Some(sub) = sub
+                && let Ok(parsed) = Parser::new(&PostgreSqlDialect {})
+                    .try_with_sql(&sub)
+                    .and_then(|mut p| p.parse_expr())
+            {
+                *expr = parsed;
+            }
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+}

@@ -1,0 +1,140 @@
+//! The listener: accepts connections, gives each its own startup (SASL) state, and serves
+//! them with the shared query handler. A failing connection never affects another.
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::Sink;
+use pgwire::api::auth::sasl::SASLAuthStartupHandler;
+use pgwire::api::auth::sasl::scram::ScramAuth;
+use pgwire::api::auth::{DefaultServerParameterProvider, StartupHandler};
+use pgwire::api::cancel::DefaultCancelHandler;
+use pgwire::api::{ClientInfo, ConnectionManager, ErrorHandler, PgWireServerHandlers};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::auth::LocalUsers;
+use crate::handler::QueryHandler;
+use crate::lake::Lake;
+use crate::pg_compat;
+
+pub struct Server {
+    lake: Arc<Lake>,
+    tls: Option<TlsAcceptor>,
+    users: Arc<LocalUsers>,
+    query: Arc<QueryHandler>,
+    connections: Arc<ConnectionManager>,
+    parameters: Arc<DefaultServerParameterProvider>,
+}
+
+impl Server {
+    pub fn new(lake: Arc<Lake>, tls: Option<TlsAcceptor>) -> Self {
+        let mut parameters = DefaultServerParameterProvider::default();
+        parameters.server_version = pg_compat::server_version();
+        parameters.search_path = lake.default_schema.clone();
+        parameters.is_superuser = false;
+        parameters.default_transaction_read_only = true;
+        Server {
+            users: Arc::new(LocalUsers::new(lake.config.clone())),
+            query: Arc::new(QueryHandler::new(lake.clone())),
+            connections: Arc::new(ConnectionManager::new()),
+            parameters: Arc::new(parameters),
+            lake,
+            tls,
+        }
+    }
+
+    /// Serves until the listener fails. Each connection runs in its own task.
+    pub async fn serve(self, listener: TcpListener) -> std::io::Result<()> {
+        let allow_plaintext = self.lake.config.tls.allow_plaintext || self.tls.is_none();
+        loop {
+            let (socket, peer) = listener.accept().await?;
+            let startup = SASLAuthStartupHandler::new(self.parameters.clone())
+                .with_scram(ScramAuth::new(self.users.clone()))
+                .with_connection_manager(self.connections.clone());
+            let handlers = ConnectionHandlers {
+                startup: Arc::new(RequireTls {
+                    inner: startup,
+                    allow_plaintext,
+                }),
+                query: self.query.clone(),
+                cancel: Arc::new(DefaultCancelHandler::new(self.connections.clone())),
+            };
+            let tls = self.tls.clone();
+            tokio::spawn(async move {
+                if let Err(error) = pgwire::tokio::process_socket(socket, tls, handlers).await {
+                    tracing::info!(%peer, %error, "connection ended with an error");
+                }
+            });
+        }
+    }
+}
+
+struct ConnectionHandlers {
+    startup: Arc<RequireTls>,
+    query: Arc<QueryHandler>,
+    cancel: Arc<DefaultCancelHandler>,
+}
+
+impl PgWireServerHandlers for ConnectionHandlers {
+    fn simple_query_handler(&self) -> Arc<impl pgwire::api::query::SimpleQueryHandler> {
+        self.query.clone()
+    }
+    fn extended_query_handler(&self) -> Arc<impl pgwire::api::query::ExtendedQueryHandler> {
+        self.query.clone()
+    }
+    fn startup_handler(&self) -> Arc<impl StartupHandler> {
+        self.startup.clone()
+    }
+    fn cancel_handler(&self) -> Arc<impl pgwire::api::cancel::CancelHandler> {
+        self.cancel.clone()
+    }
+    fn error_handler(&self) -> Arc<impl ErrorHandler> {
+        Arc::new(LogErrors)
+    }
+}
+
+/// Refuses password logins over plaintext connections unless the operator allowed them.
+struct RequireTls {
+    inner: SASLAuthStartupHandler<DefaultServerParameterProvider>,
+    allow_plaintext: bool,
+}
+
+#[async_trait]
+impl StartupHandler for RequireTls {
+    async fn on_startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if !self.allow_plaintext && !client.is_secure() {
+            let mut info = ErrorInfo::new(
+                "FATAL".to_string(),
+                "28000".to_string(),
+                "connection requires TLS".to_string(),
+            );
+            info.hint = Some("connect with sslmode=require".to_string());
+            return Err(PgWireError::UserError(Box::new(info)));
+        }
+        self.inner.on_startup(client, message).await
+    }
+}
+
+/// Logs what clients are told (SQLSTATE and message; never passwords or tokens).
+struct LogErrors;
+
+impl ErrorHandler for LogErrors {
+    fn on_error<C: ClientInfo>(&self, client: &C, error: &mut PgWireError) {
+        let user = client.metadata().get(pgwire::api::METADATA_USER).cloned().unwrap_or_default();
+        match error {
+            PgWireError::UserError(info) => {
+                tracing::info!(user = %user, sqlstate = %info.code, message = %info.message, "error sent")
+            }
+            PgWireError::InvalidPassword(_) => tracing::info!(user = %user, "password authentication failed"),
+            other => tracing::info!(user = %user, error = %other, "error sent"),
+        }
+    }
+}

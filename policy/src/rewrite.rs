@@ -1,0 +1,324 @@
+//! Enforcement on the plan.
+//!
+//! A user's session holds a `PolicyView` per table that user may read: its schema is what the
+//! user sees, and it cannot be scanned. The `EnforcePolicy` analyzer rule, which runs before
+//! any other rule on every plan a session builds (simple and extended protocol, cursors,
+//! EXPLAIN, catalog queries), replaces each scan of a `PolicyView` with
+//! `SubqueryAlias(PolicyBarrier(Projection(masks) ← Filter(row filter) ← TableScan(raw)))`.
+//!
+//! The barrier keeps user predicates above the row filter: DataFusion's logical optimizer does
+//! not push filters into an extension node whose columns it prevents, and the physical
+//! `PolicyBarrierExec` refuses filter pushdown (including dynamic join/TopK filters). So the
+//! row filter sees raw values, user predicates see masked values, and no user predicate runs
+//! on a row the policy filtered out.
+use std::any::Any;
+use std::cmp::Ordering;
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::{Transformed, TreeNodeRecursion};
+use datafusion::common::{DFSchemaRef, DataFusionError, Result, plan_err};
+use datafusion::datasource::TableType;
+use datafusion::datasource::listing::ListingTable;
+use datafusion::datasource::source_as_provider;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::{
+    Expr, Extension, LogicalPlan, SubqueryAlias, TableProviderFilterPushDown,
+    UserDefinedLogicalNode, UserDefinedLogicalNodeCore,
+};
+use datafusion::optimizer::AnalyzerRule;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use datafusion::physical_planner::{ExtensionPlanner, PhysicalPlanner};
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+
+use crate::compile::CompiledAccess;
+
+/// What a user's catalog holds for a table the user may read.
+#[derive(Debug)]
+pub struct PolicyView {
+    table: String,
+    rule: String,
+    schema: SchemaRef,
+    enforced: LogicalPlan,
+}
+
+impl PolicyView {
+    pub fn new(table: impl Into<String>, rule: impl Into<String>, access: CompiledAccess) -> Self {
+        let schema = Arc::new(access.plan.schema().as_arrow().clone());
+        PolicyView {
+            table: table.into(),
+            rule: rule.into(),
+            schema,
+            enforced: access.plan,
+        }
+    }
+
+    /// The policy rule that granted this view, for audit and logs.
+    pub fn rule(&self) -> &str {
+        &self.rule
+    }
+}
+
+#[async_trait]
+impl TableProvider for PolicyView {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        Ok(vec![TableProviderFilterPushDown::Unsupported; filters.len()])
+    }
+
+    /// Fail closed: reaching this means a plan skipped `EnforcePolicy`.
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        _projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        Err(DataFusionError::Internal(format!(
+            "policy for {} was not applied to this plan; refusing to read it",
+            self.table
+        )))
+    }
+}
+
+/// Marks the enforced subtree of one table; nothing is pushed into it from above.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PolicyBarrier {
+    table: String,
+    input: LogicalPlan,
+}
+
+impl PartialOrd for PolicyBarrier {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        self.table.partial_cmp(&other.table)
+    }
+}
+
+impl UserDefinedLogicalNodeCore for PolicyBarrier {
+    fn name(&self) -> &str {
+        "LakegatePolicy"
+    }
+
+    fn inputs(&self) -> Vec<&LogicalPlan> {
+        vec![&self.input]
+    }
+
+    fn schema(&self) -> &DFSchemaRef {
+        self.input.schema()
+    }
+
+    fn expressions(&self) -> Vec<Expr> {
+        vec![]
+    }
+
+    /// Every column: no predicate is pushed below the barrier.
+    fn prevent_predicate_push_down_columns(&self) -> HashSet<String> {
+        self.input
+            .schema()
+            .columns()
+            .into_iter()
+            .map(|c| c.flat_name())
+            .collect()
+    }
+
+    fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "LakegatePolicy: table={}", self.table)
+    }
+
+    fn with_exprs_and_inputs(&self, _exprs: Vec<Expr>, mut inputs: Vec<LogicalPlan>) -> Result<Self> {
+        let Some(input) = inputs.pop() else {
+            return plan_err!("LakegatePolicy needs one input");
+        };
+        Ok(PolicyBarrier {
+            table: self.table.clone(),
+            input,
+        })
+    }
+
+    /// Unused columns may be pruned below the barrier: pruning does not reorder predicates.
+    fn necessary_children_exprs(&self, output_columns: &[usize]) -> Option<Vec<Vec<usize>>> {
+        Some(vec![output_columns.to_vec()])
+    }
+
+    fn supports_limit_pushdown(&self) -> bool {
+        false
+    }
+}
+
+/// The analyzer rule that enforces policy on every plan of a user's session. Any scan that is
+/// neither a policy view nor a catalog table (pg_catalog, information_schema, table functions)
+/// is refused, so a raw table can only be read through the barrier.
+#[derive(Debug, Default)]
+pub struct EnforcePolicy;
+
+impl AnalyzerRule for EnforcePolicy {
+    fn name(&self) -> &str {
+        "lakegate_enforce_policy"
+    }
+
+    fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> Result<LogicalPlan> {
+        plan.transform_down_with_subqueries(|node| {
+            if let LogicalPlan::Extension(ext) = &node
+                && ext.node.as_any().is::<PolicyBarrier>()
+            {
+                return Ok(Transformed::new(node, false, TreeNodeRecursion::Jump));
+            }
+            let LogicalPlan::TableScan(scan) = &node else {
+                return Ok(Transformed::no(node));
+            };
+            let provider = source_as_provider(&scan.source)?;
+            if let Some(view) = provider.downcast_ref::<PolicyView>() {
+                if scan.projection.is_some() || !scan.filters.is_empty() || scan.fetch.is_some() {
+                    // Only the SQL planner creates these scans, bare; anything else is a bug.
+                    return Err(DataFusionError::Internal(format!(
+                        "unexpected pushed-down scan of {}",
+                        view.table
+                    )));
+                }
+                let barrier = LogicalPlan::Extension(Extension {
+                    node: Arc::new(PolicyBarrier {
+                        table: view.table.clone(),
+                        input: view.enforced.clone(),
+                    }),
+                });
+                let aliased = SubqueryAlias::try_new(Arc::new(barrier), scan.table_name.clone())?;
+                return Ok(Transformed::new(
+                    LogicalPlan::SubqueryAlias(aliased),
+                    true,
+                    TreeNodeRecursion::Jump,
+                ));
+            }
+            let system = matches!(
+                scan.table_name.schema(),
+                Some("pg_catalog") | Some("information_schema")
+            );
+            let table_function = scan.table_name.schema().is_none()
+                && provider.downcast_ref::<ListingTable>().is_none();
+            if system || table_function {
+                Ok(Transformed::no(node))
+            } else {
+                plan_err!("relation \"{}\" does not exist", scan.table_name)
+            }
+        })
+        .map(|t| t.data)
+    }
+}
+
+/// Physical form of the barrier: passes batches through, accepts no pushed-down filters.
+#[derive(Debug)]
+pub struct PolicyBarrierExec {
+    table: String,
+    input: Arc<dyn ExecutionPlan>,
+}
+
+impl PolicyBarrierExec {
+    pub fn new(table: String, input: Arc<dyn ExecutionPlan>) -> Self {
+        PolicyBarrierExec { table, input }
+    }
+}
+
+impl DisplayAs for PolicyBarrierExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "LakegatePolicyExec: table={}", self.table)
+    }
+}
+
+impl ExecutionPlan for PolicyBarrierExec {
+    fn name(&self) -> &str {
+        "LakegatePolicyExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.input.properties()
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![true]
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![false]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        match (children.pop(), children.is_empty()) {
+            (Some(input), true) => Ok(Arc::new(PolicyBarrierExec {
+                table: self.table.clone(),
+                input,
+            })),
+            _ => plan_err!("LakegatePolicyExec needs one input"),
+        }
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        self.input.execute(partition, context)
+    }
+}
+
+/// Plans `PolicyBarrier` nodes as `PolicyBarrierExec`.
+#[derive(Debug, Default)]
+pub struct PolicyExtensionPlanner;
+
+#[async_trait]
+impl ExtensionPlanner for PolicyExtensionPlanner {
+    async fn plan_extension(
+        &self,
+        _planner: &dyn PhysicalPlanner,
+        node: &dyn UserDefinedLogicalNode,
+        _logical_inputs: &[&LogicalPlan],
+        physical_inputs: &[Arc<dyn ExecutionPlan>],
+        _session: &dyn Session,
+        _planning_ctx: &PhysicalPlanningContext,
+    ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+        let Some(barrier) = node.as_any().downcast_ref::<PolicyBarrier>() else {
+            return Ok(None);
+        };
+        match physical_inputs {
+            [input] => Ok(Some(Arc::new(PolicyBarrierExec::new(
+                barrier.table.clone(),
+                input.clone(),
+            )))),
+            _ => plan_err!("LakegatePolicy needs one input"),
+        }
+    }
+}
+
+/// Keeps the compiler honest that views are shareable across a session's tasks.
+const _: fn() = || {
+    fn assert_send_sync<T: Send + Sync + Any>() {}
+    assert_send_sync::<PolicyView>();
+};
