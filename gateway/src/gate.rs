@@ -2,7 +2,9 @@
 //! cursors over queries, session settings and transaction control. Everything else, and
 //! anything that could step outside policy (DDL, `CREATE EXTERNAL TABLE` over a path, COPY to
 //! a file, `SELECT ... INTO`, SET of engine internals), is refused with 42501.
-use datafusion::sql::sqlparser::ast::{Query, Set, SetExpr, Statement};
+use std::ops::ControlFlow;
+
+use datafusion::sql::sqlparser::ast::{Query, Set, SetExpr, Statement, visit_relations};
 
 use crate::error::QueryError;
 
@@ -33,6 +35,7 @@ fn refused(what: &str) -> QueryError {
 }
 
 pub fn check(statement: &Statement) -> Result<(), QueryError> {
+    refuse_file_tables(statement)?;
     match statement {
         Statement::Query(q) => check_query(q),
         Statement::Explain {
@@ -69,6 +72,26 @@ pub fn check(statement: &Statement) -> Result<(), QueryError> {
             Err(refused(&verb.to_uppercase()))
         }
     }
+}
+
+/// `FROM '/path/file.parquet'` or `FROM 's3://...'`: reading files or URLs directly would skip
+/// the catalog and its policy.
+fn refuse_file_tables(statement: &Statement) -> Result<(), QueryError> {
+    let found = visit_relations(statement, |name| {
+        let looks_like_path = name.0.iter().filter_map(|p| p.as_ident()).any(|ident| {
+            ident.quote_style == Some('\'')
+                || ident.value.contains('/')
+                || ident.value.contains("://")
+        });
+        if looks_like_path { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+    });
+    if found.is_break() {
+        return Err(QueryError::refused(
+            "permission denied: reading files or URLs as tables is not allowed",
+            "Query tables by their catalog names (schema.table).",
+        ));
+    }
+    Ok(())
 }
 
 fn check_query(query: &Query) -> Result<(), QueryError> {

@@ -88,14 +88,15 @@ pub struct LakeParser {
 
 impl LakeParser {
     fn parse(&self, sql: &str) -> Result<Vec<Statement>, QueryError> {
-        match self.sql_parser.parse(sql) {
+        let sql = crate::client_compat::rewrite(sql);
+        match self.sql_parser.parse(&sql) {
             Ok(mut statements) => {
                 for s in &mut statements {
                     pg_compat::rewrite_description_calls(s);
                 }
                 Ok(statements)
             }
-            Err(e) => Err(gate::refuse_unparsed(sql).unwrap_or_else(|| QueryError::Syntax(e.to_string()))),
+            Err(e) => Err(gate::refuse_unparsed(&sql).unwrap_or_else(|| QueryError::Syntax(e.to_string()))),
         }
     }
 }
@@ -120,18 +121,16 @@ fn format_options<C: ClientInfo + ?Sized>(client: &C) -> Arc<FormatOptions> {
     Arc::new(FormatOptions::from_client_metadata(client.metadata()))
 }
 
-/// Runs a plan and streams its rows; a cancel request for this connection ends the stream
-/// with 57014.
+/// Runs a plan and streams its rows. pgwire answers a cancel request that arrives while
+/// `do_query` runs; once rows stream (after `do_query` returned), a cancel request ends the
+/// stream with 57014.
 async fn execute<C: ClientInfo + ?Sized>(
     client: &C,
     session: &UserSession,
     plan: LogicalPlan,
     format: &Format,
 ) -> PgWireResult<Response> {
-    let cancel = match client.session_extensions().get::<Arc<ConnectionHandle>>() {
-        Some(handle) => Some(handle.start_query().await),
-        None => None,
-    };
+    let cancel = client.session_extensions().get::<Arc<ConnectionHandle>>().map(|h| (*h).clone());
     let df = session.context.execute_logical_plan(plan).await.map_err(df_err)?;
     let fields = Arc::new(pgwire_fields(df.schema().as_arrow(), format, client)?);
     let batches = df.execute_stream().await.map_err(df_err)?;
@@ -164,25 +163,33 @@ fn encode_rows(
 /// Batches until the end, an error, or a cancel request (then one 57014 and the end).
 fn cancellable(
     batches: SendableRecordBatchStream,
-    cancel: Option<futures::channel::oneshot::Receiver<()>>,
+    handle: Option<Arc<ConnectionHandle>>,
 ) -> impl futures::Stream<Item = Result<RecordBatch, QueryError>> + Send + 'static {
-    stream::unfold((batches, cancel, false), |(mut batches, mut cancel, done)| async move {
+    // The cancel slot is claimed on the first poll: pgwire polls rows only after `do_query`
+    // returned, when its own watch on the slot has ended.
+    let start = (batches, handle, None, false);
+    stream::unfold(start, |(mut batches, handle, cancel, done)| async move {
         if done {
             return None;
         }
+        let mut cancel = match (cancel, handle) {
+            (Some(rx), _) => Some(rx),
+            (None, Some(handle)) => Some(handle.start_query().await),
+            (None, None) => None,
+        };
         loop {
             match cancel.as_mut() {
                 Some(rx) => {
                     tokio::select! {
                         signal = rx => match signal {
-                            Ok(()) => return Some((Err(QueryError::Cancelled), (batches, None, true))),
+                            Ok(()) => return Some((Err(QueryError::Cancelled), (batches, None, None, true))),
                             // a later statement replaced this one's cancel slot: keep streaming
                             Err(_) => cancel = None,
                         },
                         item = batches.next() => {
                             return item.map(|r| {
                                 let failed = r.is_err();
-                                (r.map_err(QueryError::from), (batches, cancel, failed))
+                                (r.map_err(QueryError::from), (batches, None, cancel, failed))
                             });
                         }
                     }
@@ -190,7 +197,7 @@ fn cancellable(
                 None => {
                     return batches.next().await.map(|r| {
                         let failed = r.is_err();
-                        (r.map_err(QueryError::from), (batches, None, failed))
+                        (r.map_err(QueryError::from), (batches, None, None, failed))
                     });
                 }
             }
@@ -198,8 +205,25 @@ fn cancellable(
     })
 }
 
+/// Statements Lakegate answers itself, before the hooks.
 fn statement_tag(statement: &Statement) -> Option<Response> {
     match statement {
+        Statement::ShowVariable { variable }
+            if variable.len() == 1 && variable[0].value.eq_ignore_ascii_case("server_version") =>
+        {
+            let fields = Arc::new(vec![FieldInfo::new(
+                "server_version".into(),
+                None,
+                None,
+                Type::TEXT,
+                pgwire::api::results::FieldFormat::Text,
+            )]);
+            let mut encoder = pgwire::api::results::DataRowEncoder::new(fields.clone());
+            let row = encoder
+                .encode_field(&pg_compat::server_version())
+                .map(|_| encoder.take_row());
+            Some(Response::Query(QueryResponse::new(fields, stream::iter(vec![row]))))
+        }
         Statement::Discard { .. } => Some(Response::Execution(Tag::new("DISCARD ALL"))),
         Statement::Deallocate { .. } => Some(Response::Execution(Tag::new("DEALLOCATE"))),
         _ => None,

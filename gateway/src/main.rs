@@ -1,5 +1,6 @@
 //! `lakegate`: the gateway binary.
 mod auth;
+mod client_compat;
 mod config;
 mod demo;
 mod error;
