@@ -1,1 +1,236 @@
+//! Test harness: starts the real `lakegate` binary on a free port with the quickstart's
+//! catalog and policy, and connects real clients to it over TLS.
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Once};
+use std::time::{Duration, Instant};
 
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio_postgres::Client;
+use tokio_rustls::rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use tokio_rustls::rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use tokio_rustls::rustls::{ClientConfig, DigitallySignedStruct, Error as TlsError, SignatureScheme};
+
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+pub fn quickstart() -> PathBuf {
+    workspace().join("examples/quickstart")
+}
+
+/// The `lakegate` binary of this build: `LAKEGATE_BIN`, else next to the test executable's
+/// `deps/` folder (where `cargo build -p lakegate` puts it).
+pub fn binary() -> PathBuf {
+    if let Ok(bin) = std::env::var("LAKEGATE_BIN") {
+        return PathBuf::from(bin);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|p| p.join("lakegate"))
+        .expect("target folder");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first with `cargo build -p lakegate` (scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
+static DEMO_DATA: Once = Once::new();
+
+/// A running gateway, stopped when dropped.
+pub struct Gateway {
+    child: Child,
+    pub port: u16,
+    pub dir: PathBuf,
+    cert: Vec<u8>,
+}
+
+impl Gateway {
+    /// Starts the quickstart configuration on 127.0.0.1:0 with its own certificate folder.
+    pub fn start() -> Gateway {
+        DEMO_DATA.call_once(|| {
+            let status = Command::new(binary())
+                .args(["generate-demo", "--dir"])
+                .arg(quickstart())
+                .status()
+                .expect("run lakegate generate-demo");
+            assert!(status.success(), "lakegate generate-demo failed");
+        });
+        let dir = std::env::temp_dir().join(format!(
+            "lakegate-test-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let qs = quickstart().canonicalize().expect("quickstart folder");
+        let text = std::fs::read_to_string(qs.join("lakegate.yaml")).expect("quickstart config");
+        let config = text
+            .replace("catalog: catalog.yaml", &format!("catalog: {}", qs.join("catalog.yaml").display()))
+            .replace("policy: policy", &format!("policy: {}", qs.join("policy").display()))
+            .replace("cert: certs/server.crt", &format!("cert: {}", dir.join("server.crt").display()))
+            .replace("key: certs/server.key", &format!("key: {}", dir.join("server.key").display()));
+        std::fs::write(dir.join("lakegate.yaml"), config).expect("write config");
+        Self::start_with(&dir.join("lakegate.yaml"), dir)
+    }
+
+    fn start_with(config: &Path, dir: PathBuf) -> Gateway {
+        let mut child = Command::new(binary())
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(config)
+            .env("LAKEGATE_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start lakegate");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("lakegate listening on ") {
+                    let _ = tx.send(addr.to_string());
+                }
+            }
+        });
+        // Readiness is the line the gateway prints once its socket is bound.
+        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("lakegate did not report listening within 60 s");
+            }
+        };
+        let port = addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+        let cert = std::fs::read(dir.join("server.crt")).expect("generated certificate");
+        Gateway { child, port, dir, cert }
+    }
+
+    pub fn conn_str(&self, user: &str, password: &str) -> String {
+        format!("host=127.0.0.1 port={} dbname=gtm user={user} password={password} sslmode=require", self.port)
+    }
+
+    /// A TLS connector that trusts exactly the gateway's generated certificate.
+    pub fn tls(&self) -> tokio_postgres_rustls::MakeRustlsConnect {
+        let cert = CertificateDer::from_pem_slice(&self.cert).expect("PEM certificate").into_owned();
+        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let config = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedCert { cert, provider }))
+            .with_no_client_auth();
+        tokio_postgres_rustls::MakeRustlsConnect::new(config)
+    }
+
+    /// Connects as `user` (password = user name, as in the quickstart).
+    pub async fn connect(&self, user: &str) -> Client {
+        self.try_connect(user, user).await.unwrap_or_else(|e| panic!("connect as {user}: {e}"))
+    }
+
+    pub async fn try_connect(&self, user: &str, password: &str) -> Result<Client, tokio_postgres::Error> {
+        let (client, connection) = tokio_postgres::connect(&self.conn_str(user, password), self.tls()).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(client)
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn rand_suffix() -> u128 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    t + u128::from(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+}
+
+/// Accepts exactly one certificate (the gateway's self-signed one), with real signature checks.
+#[derive(Debug)]
+struct PinnedCert {
+    cert: CertificateDer<'static>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedCert {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, TlsError> {
+        if end_entity.as_ref() == self.cert.as_ref() {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(TlsError::General("not the gateway's certificate".into()))
+        }
+    }
+    fn verify_tls12_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, TlsError> {
+        verify_tls12_signature(m, c, d, &self.provider.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, TlsError> {
+        verify_tls13_signature(m, c, d, &self.provider.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Rows of a simple query as text (`NULL` for nulls), columns joined by `|`.
+pub async fn rows(client: &Client, sql: &str) -> Result<Vec<String>, tokio_postgres::Error> {
+    let messages = client.simple_query(sql).await?;
+    Ok(messages
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => Some(
+                (0..row.len())
+                    .map(|i| row.get(i).unwrap_or("NULL").to_string())
+                    .collect::<Vec<_>>()
+                    .join("|"),
+            ),
+            _ => None,
+        })
+        .collect())
+}
+
+/// The SQLSTATE of a failed query (panics if it did not fail: the caller expects an error).
+pub fn sqlstate(result: Result<Vec<String>, tokio_postgres::Error>) -> String {
+    match result {
+        Ok(rows) => panic!("expected an error, got rows {rows:?}"),
+        Err(e) => e
+            .code()
+            .map(|c| c.code().to_string())
+            .unwrap_or_else(|| panic!("error without SQLSTATE: {e}")),
+    }
+}
+
+/// Waits (polling, bounded) until `f` is true.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
