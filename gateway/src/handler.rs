@@ -254,6 +254,15 @@ impl SimpleQueryHandler for QueryHandler {
                 responses.push(response);
                 continue;
             }
+            // A cursor's query is planned here first, so its errors (a hidden table is 42P01)
+            // read as they do for the query itself; the hook then plans it again to stream it.
+            if let Statement::Declare { stmts } = &statement {
+                for declare in stmts {
+                    if let Some(query) = &declare.for_query {
+                        plan_statement(&session, &Statement::Query(query.clone())).await?;
+                    }
+                }
+            }
             for hook in &self.hooks {
                 if let Some(result) = hook.handle_simple_query(&statement, &session.context, client).await {
                     responses.push(result?);
