@@ -28,11 +28,10 @@ impl LocalCatalog {
             path: path.to_path_buf(),
             source,
         })?;
-        let catalog: Catalog =
-            serde_saphyr::from_str(&text).map_err(|e| CatalogError::Parse {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            })?;
+        let catalog: Catalog = serde_saphyr::from_str(&text).map_err(|e| CatalogError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
         let base_dir = path
             .parent()
             .map(Path::to_path_buf)
@@ -93,8 +92,8 @@ impl LocalCatalog {
             source,
         };
         let location = self.resolve_location(&table.location);
-        let url = ListingTableUrl::parse(format!("{}/", location.display()))
-            .map_err(provider_error)?;
+        let url =
+            ListingTableUrl::parse(format!("{}/", location.display())).map_err(provider_error)?;
         let options = match table.format {
             TableFormat::Parquet => ListingOptions::new(Arc::new(ParquetFormat::default()))
                 .with_file_extension(".parquet"),

@@ -94,7 +94,10 @@ impl AuthSource for LocalUsers {
             Some(secret) => Ok(Password::new(Some(secret.salt), secret.salted_password)),
             None => {
                 tracing::info!(user = %user, "login attempt for an unknown user");
-                Ok(Password::new(Some(self.decoy.0.clone()), self.decoy.1.clone()))
+                Ok(Password::new(
+                    Some(self.decoy.0.clone()),
+                    self.decoy.1.clone(),
+                ))
             }
         }
     }

@@ -94,10 +94,11 @@ impl Config {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
-        let mut config: Config = serde_saphyr::from_str(&text).map_err(|e| StartupError::Config {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let mut config: Config =
+            serde_saphyr::from_str(&text).map_err(|e| StartupError::Config {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [
             &mut config.catalog,

@@ -3,17 +3,36 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, Date32Array, Decimal128Array, Int32Array, Int64Array, StringArray};
+use datafusion::arrow::array::{
+    ArrayRef, Date32Array, Decimal128Array, Int32Array, Int64Array, StringArray,
+};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::parquet::arrow::ArrowWriter;
 
 pub const COUNTRIES: [&str; 8] = ["DE", "FR", "DK", "CH", "US", "JP", "GB", "IT"];
-const SPECIALTIES: [&str; 5] = ["oncology", "cardiology", "endocrinology", "neurology", "general practice"];
+const SPECIALTIES: [&str; 5] = [
+    "oncology",
+    "cardiology",
+    "endocrinology",
+    "neurology",
+    "general practice",
+];
 const PRODUCTS: [&str; 4] = ["Ozempic", "Wegovy", "Tecentriq", "Ocrevus"];
-const DIAGNOSES: [&str; 5] = ["E11 type 2 diabetes", "E66 obesity", "C34 lung cancer", "G35 multiple sclerosis", "I10 hypertension"];
-const FIRST: [&str; 10] = ["Anna", "Lukas", "Marie", "Jonas", "Sofie", "Mads", "Léa", "Hugo", "Yuki", "John"];
-const LAST: [&str; 10] = ["Müller", "Schmidt", "Dubois", "Martin", "Jensen", "Nielsen", "Keller", "Tanaka", "Smith", "Rossi"];
+const DIAGNOSES: [&str; 5] = [
+    "E11 type 2 diabetes",
+    "E66 obesity",
+    "C34 lung cancer",
+    "G35 multiple sclerosis",
+    "I10 hypertension",
+];
+const FIRST: [&str; 10] = [
+    "Anna", "Lukas", "Marie", "Jonas", "Sofie", "Mads", "Léa", "Hugo", "Yuki", "John",
+];
+const LAST: [&str; 10] = [
+    "Müller", "Schmidt", "Dubois", "Martin", "Jensen", "Nielsen", "Keller", "Tanaka", "Smith",
+    "Rossi",
+];
 
 pub const HCP_ROWS: i64 = 2000;
 pub const PATIENT_ROWS: i64 = 3000;
@@ -24,7 +43,10 @@ pub const SALES_PER_DAY: i64 = 150;
 struct Lcg(u64);
 impl Lcg {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         self.0 >> 33
     }
     fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
@@ -46,7 +68,10 @@ pub fn ensure(dir: &Path) -> std::io::Result<bool> {
     Ok(true)
 }
 
-fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+fn write_parquet(
+    path: &Path,
+    batch: &RecordBatch,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
@@ -71,7 +96,11 @@ fn write_all(dir: &Path) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
     for id in &ids {
         let (first, last) = (rng.pick(&FIRST), rng.pick(&LAST));
         names.push(format!("{first} {last}"));
-        emails.push(format!("{}.{}{id}@clinic.example", first.to_lowercase(), last.to_lowercase()));
+        emails.push(format!(
+            "{}.{}{id}@clinic.example",
+            first.to_lowercase(),
+            last.to_lowercase()
+        ));
         countries.push(COUNTRIES[(*id as usize) % COUNTRIES.len()].to_string());
         specialties.push(rng.pick(&SPECIALTIES).to_string());
         npis.push(format!("{:010}", 1_000_000_000 + rng.next() % 999_999_999));
@@ -128,8 +157,14 @@ fn write_all(dir: &Path) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
             ],
         )?;
         let date = Date32Array::from(vec![first_day + day as i32]);
-        let folder = format!("sale_date={}", datafusion::arrow::util::display::array_value_to_string(&date, 0)?);
-        write_parquet(&gtm.join("sales").join(folder).join("part-0.parquet"), &batch)?;
+        let folder = format!(
+            "sale_date={}",
+            datafusion::arrow::util::display::array_value_to_string(&date, 0)?
+        );
+        write_parquet(
+            &gtm.join("sales").join(folder).join("part-0.parquet"),
+            &batch,
+        )?;
     }
 
     // patients

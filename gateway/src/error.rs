@@ -119,7 +119,11 @@ fn plan_error(msg: &str) -> QueryError {
     {
         // drop the catalog part so the name reads like PostgreSQL's
         let parts: Vec<&str> = name.split('.').collect();
-        let shown = if parts.len() == 3 { parts[1..].join(".") } else { name.to_string() };
+        let shown = if parts.len() == 3 {
+            parts[1..].join(".")
+        } else {
+            name.to_string()
+        };
         return QueryError::UndefinedTable(shown);
     }
     if let Some(rest) = msg.strip_prefix("relation \"")

@@ -62,13 +62,20 @@ pub fn check(statement: &Statement) -> Result<(), QueryError> {
             Ok(())
         }
         Statement::Fetch { .. } | Statement::Close { .. } => Ok(()),
-        Statement::StartTransaction { .. } | Statement::Commit { .. } | Statement::Rollback { .. } => Ok(()),
+        Statement::StartTransaction { .. }
+        | Statement::Commit { .. }
+        | Statement::Rollback { .. } => Ok(()),
         Statement::ShowVariable { .. } => Ok(()),
         Statement::Discard { .. } | Statement::Deallocate { .. } => Ok(()),
         Statement::Set(set) => check_set(set),
         Statement::Copy { .. } => Err(refused("COPY")),
         other => {
-            let verb = other.to_string().split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+            let verb = other
+                .to_string()
+                .split_whitespace()
+                .take(2)
+                .collect::<Vec<_>>()
+                .join(" ");
             Err(refused(&verb.to_uppercase()))
         }
     }
@@ -83,7 +90,11 @@ fn refuse_file_tables(statement: &Statement) -> Result<(), QueryError> {
                 || ident.value.contains('/')
                 || ident.value.contains("://")
         });
-        if looks_like_path { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        if looks_like_path {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
     });
     if found.is_break() {
         return Err(QueryError::refused(

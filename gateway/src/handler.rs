@@ -9,10 +9,10 @@ use async_trait::async_trait;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::context::SQLOptions;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::sql::parser::Statement as DfStatementWrapper;
 use datafusion::sql::sqlparser::ast::Statement;
-use datafusion::execution::context::SQLOptions;
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use datafusion_postgres::QueryHook;
 use datafusion_postgres::hooks::cursor::CursorStatementHook;
@@ -62,11 +62,18 @@ impl QueryHandler {
 }
 
 /// The user's session, built on first use after login and kept for the connection.
-async fn user_session<C: ClientInfo + ?Sized>(lake: &Lake, client: &C) -> PgWireResult<Arc<UserSession>> {
+async fn user_session<C: ClientInfo + ?Sized>(
+    lake: &Lake,
+    client: &C,
+) -> PgWireResult<Arc<UserSession>> {
     if let Some(session) = client.session_extensions().get::<UserSession>() {
         return Ok(session);
     }
-    let user = client.metadata().get(pgwire::api::METADATA_USER).cloned().unwrap_or_default();
+    let user = client
+        .metadata()
+        .get(pgwire::api::METADATA_USER)
+        .cloned()
+        .unwrap_or_default();
     let Some(identity) = lake.identity_of(&user) else {
         return Err(QueryError::refused("permission denied: unknown user", "").into());
     };
@@ -96,14 +103,20 @@ impl LakeParser {
                 }
                 Ok(statements)
             }
-            Err(e) => Err(gate::refuse_unparsed(&sql).unwrap_or_else(|| QueryError::Syntax(e.to_string()))),
+            Err(e) => {
+                Err(gate::refuse_unparsed(&sql)
+                    .unwrap_or_else(|| QueryError::Syntax(e.to_string())))
+            }
         }
     }
 }
 
 /// Plans a gated statement in the user's session. Policy is applied when the plan is
 /// optimized for execution (the session's first analyzer rule), whatever path runs it.
-async fn plan_statement(session: &UserSession, statement: &Statement) -> Result<LogicalPlan, QueryError> {
+async fn plan_statement(
+    session: &UserSession,
+    statement: &Statement,
+) -> Result<LogicalPlan, QueryError> {
     let state = session.context.state();
     let plan = state
         .statement_to_plan(DfStatementWrapper::Statement(Box::new(statement.clone())))
@@ -130,8 +143,15 @@ async fn execute<C: ClientInfo + ?Sized>(
     plan: LogicalPlan,
     format: &Format,
 ) -> PgWireResult<Response> {
-    let cancel = client.session_extensions().get::<Arc<ConnectionHandle>>().map(|h| (*h).clone());
-    let df = session.context.execute_logical_plan(plan).await.map_err(df_err)?;
+    let cancel = client
+        .session_extensions()
+        .get::<Arc<ConnectionHandle>>()
+        .map(|h| (*h).clone());
+    let df = session
+        .context
+        .execute_logical_plan(plan)
+        .await
+        .map_err(df_err)?;
     let fields = Arc::new(pgwire_fields(df.schema().as_arrow(), format, client)?);
     let batches = df.execute_stream().await.map_err(df_err)?;
     let rows = encode_rows(fields.clone(), cancellable(batches, cancel));
@@ -153,7 +173,10 @@ fn encode_rows(
     batches
         .map(move |batch| -> Box<dyn Iterator<Item = _> + Send> {
             match batch {
-                Ok(batch) => Box::new(arrow_pg::datatypes::encode_recordbatch(fields.clone(), batch)),
+                Ok(batch) => Box::new(arrow_pg::datatypes::encode_recordbatch(
+                    fields.clone(),
+                    batch,
+                )),
                 Err(e) => Box::new(std::iter::once(Err(PgWireError::from(e)))),
             }
         })
@@ -222,7 +245,10 @@ fn statement_tag(statement: &Statement) -> Option<Response> {
             let row = encoder
                 .encode_field(&pg_compat::server_version())
                 .map(|_| encoder.take_row());
-            Some(Response::Query(QueryResponse::new(fields, stream::iter(vec![row]))))
+            Some(Response::Query(QueryResponse::new(
+                fields,
+                stream::iter(vec![row]),
+            )))
         }
         Statement::Discard { .. } => Some(Response::Execution(Tag::new("DISCARD ALL"))),
         Statement::Deallocate { .. } => Some(Response::Execution(Tag::new("DEALLOCATE"))),
@@ -264,7 +290,10 @@ impl SimpleQueryHandler for QueryHandler {
                 }
             }
             for hook in &self.hooks {
-                if let Some(result) = hook.handle_simple_query(&statement, &session.context, client).await {
+                if let Some(result) = hook
+                    .handle_simple_query(&statement, &session.context, client)
+                    .await
+                {
                     responses.push(result?);
                     continue 'statements;
                 }
@@ -280,7 +309,12 @@ impl SimpleQueryHandler for QueryHandler {
 impl QueryParser for LakeParser {
     type Statement = PreparedStatement;
 
-    async fn parse_sql<C>(&self, client: &C, sql: &str, _types: &[Option<Type>]) -> PgWireResult<Option<Self::Statement>>
+    async fn parse_sql<C>(
+        &self,
+        client: &C,
+        sql: &str,
+        _types: &[Option<Type>],
+    ) -> PgWireResult<Option<Self::Statement>>
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
@@ -290,13 +324,18 @@ impl QueryParser for LakeParser {
             return Ok(None);
         }
         if statements.len() > 1 {
-            return Err(QueryError::Syntax("cannot insert multiple commands into a prepared statement".into()).into());
+            return Err(QueryError::Syntax(
+                "cannot insert multiple commands into a prepared statement".into(),
+            )
+            .into());
         }
         let statement = statements.remove(0);
         gate::check(&statement)?;
         let text = statement.to_string();
         let plan = match &statement {
-            Statement::Query(_) | Statement::Explain { .. } => plan_statement(&session, &statement).await?,
+            Statement::Query(_) | Statement::Explain { .. } => {
+                plan_statement(&session, &statement).await?
+            }
             // hooks and tags answer these at execute time; they describe no rows
             _ => LogicalPlan::EmptyRelation(datafusion::logical_expr::EmptyRelation {
                 produce_one_row: false,
@@ -319,7 +358,11 @@ impl QueryParser for LakeParser {
         }
     }
 
-    fn get_result_schema(&self, stmt: &Self::Statement, column_format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
+    fn get_result_schema(
+        &self,
+        stmt: &Self::Statement,
+        column_format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
         match stmt {
             (_, Some((_, plan))) => arrow_pg::datatypes::arrow_schema_to_pg_fields(
                 plan.schema().as_arrow(),
@@ -357,7 +400,12 @@ impl ExtendedQueryHandler for QueryHandler {
         self.parser.clone()
     }
 
-    async fn do_query<C>(&self, client: &mut C, portal: &Portal<Self::Statement>, _max_rows: usize) -> PgWireResult<Response>
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<Self::Statement>,
+        _max_rows: usize,
+    ) -> PgWireResult<Response>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: PortalStore,

@@ -53,7 +53,11 @@ pub struct Visible {
 }
 
 impl Lake {
-    pub fn new(config: Arc<Config>, catalog: LocalCatalog, policy: PolicySet) -> Result<Lake, StartupError> {
+    pub fn new(
+        config: Arc<Config>,
+        catalog: LocalCatalog,
+        policy: PolicySet,
+    ) -> Result<Lake, StartupError> {
         let mut raw = BTreeMap::new();
         for db in &catalog.catalog().databases {
             for table in &db.tables {
@@ -142,7 +146,13 @@ impl Lake {
                     continue;
                 };
                 let reference = TableReference::partial(db.name.as_str(), table.name.as_str());
-                let compiled = match compile_access(&access, &identity, reference, raw.clone(), &state) {
+                let compiled = match compile_access(
+                    &access,
+                    &identity,
+                    reference,
+                    raw.clone(),
+                    &state,
+                ) {
                     Ok(c) => c,
                     Err(error) => {
                         tracing::error!(table = %format!("{}.{}", db.name, table.name), rule = %access.rule,
@@ -152,9 +162,18 @@ impl Lake {
                 };
                 let columns: Vec<String> = access.columns.iter().map(|c| c.name.clone()).collect();
                 comments.extend(pg_compat::comments_of(&db.name, table, &columns));
-                let view = PolicyView::new(format!("{}.{}", db.name, table.name), access.rule.clone(), compiled);
-                if schema.register_table(table.name.clone(), Arc::new(view)).is_ok() {
-                    visible.tables.insert((db.name.clone(), table.name.clone()), columns);
+                let view = PolicyView::new(
+                    format!("{}.{}", db.name, table.name),
+                    access.rule.clone(),
+                    compiled,
+                );
+                if schema
+                    .register_table(table.name.clone(), Arc::new(view))
+                    .is_ok()
+                {
+                    visible
+                        .tables
+                        .insert((db.name.clone(), table.name.clone()), columns);
                 }
             }
             if !schema.table_names().is_empty() {
@@ -190,7 +209,10 @@ impl QueryPlanner for PolicyQueryPlanner {
 impl Visible {
     /// Resolves `table` or `schema.table` (optionally quoted) against the visible tables.
     pub fn table(&self, name: &str) -> Option<&Vec<String>> {
-        let parts: Vec<String> = name.split('.').map(|p| p.trim_matches('"').to_string()).collect();
+        let parts: Vec<String> = name
+            .split('.')
+            .map(|p| p.trim_matches('"').to_string())
+            .collect();
         let key = match parts.as_slice() {
             [t] => (self.default_schema.clone(), t.to_lowercase()),
             [s, t] => (s.clone(), t.clone()),

@@ -26,7 +26,11 @@ use crate::error::StartupError;
 use crate::lake::Lake;
 
 #[derive(Parser)]
-#[command(name = "lakegate", version, about = "A PostgreSQL-speaking gateway that enforces data-mesh policy on every query")]
+#[command(
+    name = "lakegate",
+    version,
+    about = "A PostgreSQL-speaking gateway that enforces data-mesh policy on every query"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -73,7 +77,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("lakegate: cannot start the runtime: {e}");
@@ -116,7 +123,9 @@ async fn run(command: Command) -> Result<(), StartupError> {
 
 fn generate_demo(dir: &Path) -> Result<(), StartupError> {
     let data = dir.join("data");
-    let created = demo::ensure(&data).map_err(|e| StartupError::Other(format!("writing demo data to {}: {e}", data.display())))?;
+    let created = demo::ensure(&data).map_err(|e| {
+        StartupError::Other(format!("writing demo data to {}: {e}", data.display()))
+    })?;
     if created {
         tracing::info!(dir = %data.display(), "generated the quickstart data set");
     }
@@ -140,7 +149,8 @@ fn load_policy(path: &Path) -> Result<PolicySet, StartupError> {
     files.sort();
     let mut sources = Vec::new();
     for file in files {
-        let text = std::fs::read_to_string(&file).map_err(|e| files_error(format!("{}: {e}", file.display())))?;
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| files_error(format!("{}: {e}", file.display())))?;
         sources.push(PolicySource {
             file: file.display().to_string(),
             text,
@@ -166,10 +176,16 @@ async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Startup
     let addr = listen.unwrap_or_else(|| lake.config.listen.clone());
     let listener = TcpListener::bind(&addr)
         .await
-        .map_err(|source| StartupError::Listen { addr: addr.clone(), source })?;
+        .map_err(|source| StartupError::Listen {
+            addr: addr.clone(),
+            source,
+        })?;
     let local = listener
         .local_addr()
-        .map_err(|source| StartupError::Listen { addr: addr.clone(), source })?;
+        .map_err(|source| StartupError::Listen {
+            addr: addr.clone(),
+            source,
+        })?;
     tracing::info!(rules = lake.policy.rule_count(), database = %lake.config.database, "policy loaded");
     // Tests and scripts wait for this exact line on stdout.
     println!("lakegate listening on {local}");
@@ -188,14 +204,19 @@ async fn check(config_path: &Path) -> Result<(), StartupError> {
     let mut problems = Vec::new();
     let mut granted = 0;
     for user in &lake.config.users {
-        let Some(identity) = lake.identity_of(&user.name) else { continue };
+        let Some(identity) = lake.identity_of(&user.name) else {
+            continue;
+        };
         for db in &lake.catalog.catalog().databases {
             for table in &db.tables {
                 let meta = Lake::table_meta(&db.name, table);
                 if let Decision::Allowed(access) = lake.policy.decide(&identity, &meta) {
                     granted += 1;
                     let raw = lake.catalog.table_provider(&db.name, table)?;
-                    let reference = datafusion::common::TableReference::partial(db.name.as_str(), table.name.as_str());
+                    let reference = datafusion::common::TableReference::partial(
+                        db.name.as_str(),
+                        table.name.as_str(),
+                    );
                     if let Err(e) = compile_access(&access, &identity, reference, raw, &state) {
                         problems.push(format!(
                             "{}: rule \"{}\" for {}.{} (user {}): {e}",

@@ -9,15 +9,16 @@ use async_trait::async_trait;
 use datafusion::arrow::array::{Array, ArrayRef, BooleanBuilder, StringArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
-use datafusion::catalog::{SchemaProvider, TableProvider};
 use datafusion::catalog::view::ViewTable;
+use datafusion::catalog::{SchemaProvider, TableProvider};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility, create_udf,
 };
 use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast::{
-    Expr as SqlExpr, FunctionArg, FunctionArgExpr, FunctionArguments, Statement, visit_expressions_mut,
+    Expr as SqlExpr, FunctionArg, FunctionArgExpr, FunctionArguments, Statement,
+    visit_expressions_mut,
 };
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
@@ -68,7 +69,11 @@ pub fn comments_of(schema: &str, table: &Table, visible_columns: &[String]) -> V
 }
 
 /// Installs pg_catalog and Lakegate's answers into a user's session.
-pub async fn install(ctx: &SessionContext, visible: &Visible, comments: Vec<Comment>) -> DfResult<()> {
+pub async fn install(
+    ctx: &SessionContext,
+    visible: &Visible,
+    comments: Vec<Comment>,
+) -> DfResult<()> {
     datafusion_pg_catalog::setup_pg_catalog(ctx, &visible.database, EmptyContextProvider)
         .map_err(|e| *e)?;
     let version = format!(
@@ -109,7 +114,9 @@ fn constant_text(name: &str, value: String) -> ScalarUDF {
         Volatility::Stable,
         Arc::new(move |args: &[ColumnarValue]| {
             let _ = args;
-            Ok(ColumnarValue::Scalar(datafusion::scalar::ScalarValue::Utf8(Some(value.clone()))))
+            Ok(ColumnarValue::Scalar(
+                datafusion::scalar::ScalarValue::Utf8(Some(value.clone())),
+            ))
         }),
     )
 }
@@ -162,7 +169,10 @@ impl ScalarUDFImpl for PrivilegeUdf {
         };
         let skip_user = usize::from(strings.len() > object_args);
         if strings.len() < object_args || strings.len() > object_args + 1 {
-            return Err(DataFusionError::Plan(format!("{}: wrong number of arguments", self.name)));
+            return Err(DataFusionError::Plan(format!(
+                "{}: wrong number of arguments",
+                self.name
+            )));
         }
         let mut out = BooleanBuilder::with_capacity(args.number_rows);
         for row in 0..args.number_rows {
@@ -204,7 +214,11 @@ fn sql_text(s: &str) -> String {
 
 /// `pg_catalog.pg_description` as a view joining the catalog's comments to the oids that
 /// datafusion-pg-catalog assigns, placed over its static (empty) table.
-async fn install_descriptions(ctx: &SessionContext, database: &str, comments: Vec<Comment>) -> DfResult<()> {
+async fn install_descriptions(
+    ctx: &SessionContext,
+    database: &str,
+    comments: Vec<Comment>,
+) -> DfResult<()> {
     let rows: Vec<String> = comments
         .iter()
         .map(|c| {
@@ -212,7 +226,10 @@ async fn install_descriptions(ctx: &SessionContext, database: &str, comments: Ve
                 "({}, {}, {}, {})",
                 sql_text(&c.schema),
                 sql_text(&c.table),
-                c.column.as_deref().map(sql_text).unwrap_or_else(|| "CAST(NULL AS VARCHAR)".into()),
+                c.column
+                    .as_deref()
+                    .map(sql_text)
+                    .unwrap_or_else(|| "CAST(NULL AS VARCHAR)".into()),
                 sql_text(&c.text)
             )
         })
@@ -220,7 +237,10 @@ async fn install_descriptions(ctx: &SessionContext, database: &str, comments: Ve
     let values = if rows.is_empty() {
         "SELECT CAST(NULL AS VARCHAR) AS nsp, CAST(NULL AS VARCHAR) AS rel, CAST(NULL AS VARCHAR) AS col, CAST(NULL AS VARCHAR) AS description WHERE false".to_string()
     } else {
-        format!("SELECT * FROM (VALUES {}) AS v(nsp, rel, col, description)", rows.join(", "))
+        format!(
+            "SELECT * FROM (VALUES {}) AS v(nsp, rel, col, description)",
+            rows.join(", ")
+        )
     };
     let sql = format!(
         "WITH d AS ({values}) \
@@ -278,7 +298,12 @@ impl SchemaProvider for Overlay {
 pub fn rewrite_description_calls(statement: &mut Statement) {
     let _ = visit_expressions_mut(statement, |expr| {
         if let SqlExpr::Function(f) = expr {
-            let name = f.name.0.last().and_then(|p| p.as_ident()).map(|i| i.value.to_ascii_lowercase());
+            let name = f
+                .name
+                .0
+                .last()
+                .and_then(|p| p.as_ident())
+                .map(|i| i.value.to_ascii_lowercase());
             let args: Vec<SqlExpr> = match &f.args {
                 FunctionArguments::List(list) => list
                     .args
@@ -294,9 +319,11 @@ pub fn rewrite_description_calls(statement: &mut Statement) {
                 (Some("col_description"), [oid, attnum]) => Some(format!(
                     "(SELECT max(pgd.description) FROM pg_catalog.pg_description AS pgd WHERE pgd.objoid = {oid} AND pgd.objsubid = {attnum})"
                 )),
-                (Some("obj_description"), [oid]) | (Some("obj_description"), [oid, _]) => Some(format!(
-                    "(SELECT max(pgd.description) FROM pg_catalog.pg_description AS pgd WHERE pgd.objoid = {oid} AND pgd.objsubid = 0)"
-                )),
+                (Some("obj_description"), [oid]) | (Some("obj_description"), [oid, _]) => {
+                    Some(format!(
+                        "(SELECT max(pgd.description) FROM pg_catalog.pg_description AS pgd WHERE pgd.objoid = {oid} AND pgd.objsubid = 0)"
+                    ))
+                }
                 _ => None,
             };
             if let Some(sub) = sub

@@ -104,7 +104,11 @@ struct RequireTls {
 
 #[async_trait]
 impl StartupHandler for RequireTls {
-    async fn on_startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::Error: Debug,
@@ -128,12 +132,18 @@ struct LogErrors;
 
 impl ErrorHandler for LogErrors {
     fn on_error<C: ClientInfo>(&self, client: &C, error: &mut PgWireError) {
-        let user = client.metadata().get(pgwire::api::METADATA_USER).cloned().unwrap_or_default();
+        let user = client
+            .metadata()
+            .get(pgwire::api::METADATA_USER)
+            .cloned()
+            .unwrap_or_default();
         match error {
             PgWireError::UserError(info) => {
                 tracing::info!(user = %user, sqlstate = %info.code, message = %info.message, "error sent")
             }
-            PgWireError::InvalidPassword(_) => tracing::info!(user = %user, "password authentication failed"),
+            PgWireError::InvalidPassword(_) => {
+                tracing::info!(user = %user, "password authentication failed")
+            }
             other => tracing::info!(user = %user, error = %other, "error sent"),
         }
     }

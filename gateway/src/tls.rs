@@ -35,7 +35,8 @@ fn generate_self_signed(cert_path: &Path, key_path: &Path) -> Result<(), Startup
         .map_err(|e| StartupError::Tls(format!("generating a self-signed certificate: {e}")))?;
     for path in [cert_path, key_path] {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| StartupError::Tls(format!("{}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StartupError::Tls(format!("{}: {e}", dir.display())))?;
         }
     }
     std::fs::write(cert_path, cert.cert.pem())

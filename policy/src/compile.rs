@@ -3,15 +3,17 @@
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::DataType;
+use datafusion::catalog::TableProvider;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Column, DFSchema, ScalarValue, TableReference};
 use datafusion::datasource::provider_as_source;
-use datafusion::catalog::TableProvider;
 use datafusion::execution::context::SessionState;
 use datafusion::functions::expr_fn::{
     character_length, concat, date_trunc, encode, left, repeat, right, sha256,
 };
-use datafusion::logical_expr::{Expr, ExprSchemable, LogicalPlan, LogicalPlanBuilder, cast, lit, when};
+use datafusion::logical_expr::{
+    Expr, ExprSchemable, LogicalPlan, LogicalPlanBuilder, cast, lit, when,
+};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 
@@ -165,8 +167,13 @@ fn mask_expr(
                 .map_err(|e| e.to_string())?
         }
         Mask::DateToYear => {
-            if !matches!(data_type, DataType::Date32 | DataType::Date64 | DataType::Timestamp(..)) {
-                return Err(format!("date_to_year needs a date or timestamp column, {column} is {data_type}"));
+            if !matches!(
+                data_type,
+                DataType::Date32 | DataType::Date64 | DataType::Timestamp(..)
+            ) {
+                return Err(format!(
+                    "date_to_year needs a date or timestamp column, {column} is {data_type}"
+                ));
             }
             cast(date_trunc(lit("year"), raw), data_type.clone())
         }
@@ -193,9 +200,13 @@ pub fn compile_access(
             .get_type(&df_schema)
             .map_err(|e| e.strip_backtrace().to_string())?;
         if predicate_type != DataType::Boolean {
-            return Err(format!("row_filter must be a boolean expression, not {predicate_type}"));
+            return Err(format!(
+                "row_filter must be a boolean expression, not {predicate_type}"
+            ));
         }
-        builder = builder.filter(predicate).map_err(|e| e.strip_backtrace().to_string())?;
+        builder = builder
+            .filter(predicate)
+            .map_err(|e| e.strip_backtrace().to_string())?;
     }
     let mut projection = Vec::with_capacity(access.columns.len());
     for column in &access.columns {
@@ -204,7 +215,14 @@ pub fn compile_access(
             .map_err(|_| format!("column {} is not in the table", column.name))?;
         let expr = match &column.mask {
             None => Expr::Column(Column::new_unqualified(&column.name)),
-            Some(mask) => mask_expr(mask, &column.name, field.data_type(), identity, &df_schema, state)?,
+            Some(mask) => mask_expr(
+                mask,
+                &column.name,
+                field.data_type(),
+                identity,
+                &df_schema,
+                state,
+            )?,
         };
         projection.push(expr.alias(&column.name));
     }

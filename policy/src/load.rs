@@ -216,7 +216,10 @@ fn build_column_rule(def: ColumnRuleDef) -> Result<ColumnRule, String> {
 }
 
 /// Tags are matched on equal values; a rule's tag set must all be present.
-pub(crate) fn tags_match(wanted: &BTreeMap<String, String>, have: &BTreeMap<String, String>) -> bool {
+pub(crate) fn tags_match(
+    wanted: &BTreeMap<String, String>,
+    have: &BTreeMap<String, String>,
+) -> bool {
     wanted.iter().all(|(k, v)| have.get(k) == Some(v))
 }
 
@@ -224,7 +227,9 @@ pub(crate) fn tags_match(wanted: &BTreeMap<String, String>, have: &BTreeMap<Stri
 pub(crate) fn persona_names(set: &PolicySet, user: &str, groups: &[String]) -> BTreeSet<String> {
     set.personas
         .iter()
-        .filter(|(_, p)| p.users.iter().any(|u| u == user) || p.groups.iter().any(|g| groups.contains(g)))
+        .filter(|(_, p)| {
+            p.users.iter().any(|u| u == user) || p.groups.iter().any(|g| groups.contains(g))
+        })
         .map(|(name, _)| name.clone())
         .collect()
 }

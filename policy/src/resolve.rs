@@ -26,7 +26,9 @@ pub struct ColumnMeta {
 pub enum Decision {
     /// No access: the table is invisible. `rule` is the deny rule that matched, if any
     /// (none means no rule matched: deny by default).
-    Denied { rule: Option<String> },
+    Denied {
+        rule: Option<String>,
+    },
     Allowed(TableAccess),
 }
 
@@ -98,7 +100,8 @@ fn resource_matches(rule: &Rule, qualified: &str, tags: &BTreeMap<String, String
 
 fn column_decision(rule: &Rule, column: &ColumnMeta) -> Option<ColumnDecision> {
     let matched = rule.columns.iter().find(|c| {
-        c.name.as_ref().is_none_or(|n| n.is_match(&column.name)) && tags_match(&c.tags, &column.tags)
+        c.name.as_ref().is_none_or(|n| n.is_match(&column.name))
+            && tags_match(&c.tags, &column.tags)
     });
     match matched {
         Some(c) if c.access == Access::Deny => None,

@@ -27,6 +27,7 @@ use datafusion::datasource::TableType;
 use datafusion::datasource::listing::ListingTable;
 use datafusion::datasource::source_as_provider;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::{
     Expr, Extension, LogicalPlan, SubqueryAlias, TableProviderFilterPushDown,
     UserDefinedLogicalNode, UserDefinedLogicalNodeCore,
@@ -35,7 +36,6 @@ use datafusion::optimizer::AnalyzerRule;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use datafusion::physical_planner::{ExtensionPlanner, PhysicalPlanner};
-use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 
 use crate::compile::CompiledAccess;
 
@@ -79,7 +79,10 @@ impl TableProvider for PolicyView {
         &self,
         filters: &[&Expr],
     ) -> Result<Vec<TableProviderFilterPushDown>> {
-        Ok(vec![TableProviderFilterPushDown::Unsupported; filters.len()])
+        Ok(vec![
+            TableProviderFilterPushDown::Unsupported;
+            filters.len()
+        ])
     }
 
     /// Fail closed: reaching this means a plan skipped `EnforcePolicy`.
@@ -141,7 +144,11 @@ impl UserDefinedLogicalNodeCore for PolicyBarrier {
         write!(f, "LakegatePolicy: table={}", self.table)
     }
 
-    fn with_exprs_and_inputs(&self, _exprs: Vec<Expr>, mut inputs: Vec<LogicalPlan>) -> Result<Self> {
+    fn with_exprs_and_inputs(
+        &self,
+        _exprs: Vec<Expr>,
+        mut inputs: Vec<LogicalPlan>,
+    ) -> Result<Self> {
         let Some(input) = inputs.pop() else {
             return plan_err!("LakegatePolicy needs one input");
         };

@@ -34,7 +34,8 @@ impl QueryPlanner for Planner {
 }
 
 fn session() -> SessionContext {
-    let mut rules: Vec<Arc<dyn datafusion::optimizer::AnalyzerRule + Send + Sync>> = vec![Arc::new(EnforcePolicy)];
+    let mut rules: Vec<Arc<dyn datafusion::optimizer::AnalyzerRule + Send + Sync>> =
+        vec![Arc::new(EnforcePolicy)];
     rules.extend(Analyzer::new().rules);
     SessionContext::new_with_state(
         SessionStateBuilder::new()
@@ -66,7 +67,9 @@ fn raw() -> Arc<MemTable> {
 async fn run(ctx: &SessionContext, sql: &str) -> Result<String, String> {
     let df = ctx.sql(sql).await.map_err(|e| e.to_string())?;
     let batches = df.collect().await.map_err(|e| e.to_string())?;
-    Ok(pretty_format_batches(&batches).map_err(|e| e.to_string())?.to_string())
+    Ok(pretty_format_batches(&batches)
+        .map_err(|e| e.to_string())?
+        .to_string())
 }
 
 async fn session_for(user: &str) -> SessionContext {
@@ -88,30 +91,55 @@ rules:
         database: "db".into(),
         table: "docs".into(),
         tags: Default::default(),
-        columns: ["id", "owner", "secret"].iter().map(|n| ColumnMeta { name: n.to_string(), tags: Default::default() }).collect(),
+        columns: ["id", "owner", "secret"]
+            .iter()
+            .map(|n| ColumnMeta {
+                name: n.to_string(),
+                tags: Default::default(),
+            })
+            .collect(),
     };
     let identity = Identity::new(user, vec![]);
-    let Decision::Allowed(access) = policy.decide(&identity, &meta) else { panic!("allowed") };
+    let Decision::Allowed(access) = policy.decide(&identity, &meta) else {
+        panic!("allowed")
+    };
     let ctx = session();
-    let compiled = compile_access(&access, &identity, TableReference::bare("docs"), raw(), &ctx.state()).expect("compiles");
-    ctx.register_table("docs", Arc::new(PolicyView::new("db.docs", access.rule, compiled))).expect("register");
+    let compiled = compile_access(
+        &access,
+        &identity,
+        TableReference::bare("docs"),
+        raw(),
+        &ctx.state(),
+    )
+    .expect("compiles");
+    ctx.register_table(
+        "docs",
+        Arc::new(PolicyView::new("db.docs", access.rule, compiled)),
+    )
+    .expect("register");
     ctx
 }
 
 #[tokio::test]
 async fn row_filter_binds_the_user_and_masks_compute_from_raw_values() {
     let ann = session_for("ann").await;
-    let out = run(&ann, "SELECT id, secret FROM docs ORDER BY id").await.expect("query");
+    let out = run(&ann, "SELECT id, secret FROM docs ORDER BY id")
+        .await
+        .expect("query");
     assert!(out.contains("S1-ann") && out.contains("S3-ann"), "{out}");
     assert!(!out.contains("s2") && !out.contains("S2"), "{out}");
 
     // a quote in the user name is a value, not SQL
     let obrien = session_for("o'brien").await;
-    let out = run(&obrien, "SELECT count(*) AS n FROM docs").await.expect("query");
+    let out = run(&obrien, "SELECT count(*) AS n FROM docs")
+        .await
+        .expect("query");
     assert!(out.contains("| 1 "), "{out}");
 
     // user predicates run on masked values, after the row filter
-    let out = run(&ann, "SELECT count(*) AS n FROM docs WHERE secret = 's1'").await.expect("query");
+    let out = run(&ann, "SELECT count(*) AS n FROM docs WHERE secret = 's1'")
+        .await
+        .expect("query");
     assert!(out.contains("| 0 "), "{out}");
     let out = run(&ann, "SELECT count(*) AS n FROM docs WHERE CASE WHEN owner = 'bob' THEN CAST(secret AS BIGINT) ELSE 1 END = 1").await.expect("no side channel");
     assert!(out.contains("| 2 "), "{out}");
@@ -124,12 +152,17 @@ async fn a_view_scanned_without_the_rule_fails_closed() {
     let bare = SessionContext::new();
     let view = ann.table_provider("docs").await.expect("view");
     bare.register_table("docs", view).expect("register");
-    let err = run(&bare, "SELECT * FROM docs").await.expect_err("must fail closed");
+    let err = run(&bare, "SELECT * FROM docs")
+        .await
+        .expect_err("must fail closed");
     assert!(err.contains("was not applied"), "{err}");
     // and the rule refuses raw scans of anything that is not a catalog table
     let ctx = session();
     ctx.register_table("raw", raw()).expect("register");
-    ctx.register_table(TableReference::partial("public", "other"), raw()).expect("register");
-    let err = run(&ctx, "SELECT * FROM public.other").await.expect_err("raw scan refused");
+    ctx.register_table(TableReference::partial("public", "other"), raw())
+        .expect("register");
+    let err = run(&ctx, "SELECT * FROM public.other")
+        .await
+        .expect_err("raw scan refused");
     assert!(err.contains("does not exist"), "{err}");
 }

@@ -9,9 +9,15 @@ use std::time::{Duration, Instant};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio_postgres::Client;
-use tokio_rustls::rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use tokio_rustls::rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
-use tokio_rustls::rustls::{ClientConfig, DigitallySignedStruct, Error as TlsError, SignatureScheme};
+use tokio_rustls::rustls::client::danger::{
+    HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
+};
+use tokio_rustls::rustls::crypto::{
+    CryptoProvider, verify_tls12_signature, verify_tls13_signature,
+};
+use tokio_rustls::rustls::{
+    ClientConfig, DigitallySignedStruct, Error as TlsError, SignatureScheme,
+};
 
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -71,10 +77,22 @@ impl Gateway {
         let qs = quickstart().canonicalize().expect("quickstart folder");
         let text = std::fs::read_to_string(qs.join("lakegate.yaml")).expect("quickstart config");
         let config = text
-            .replace("catalog: catalog.yaml", &format!("catalog: {}", qs.join("catalog.yaml").display()))
-            .replace("policy: policy", &format!("policy: {}", qs.join("policy").display()))
-            .replace("cert: certs/server.crt", &format!("cert: {}", dir.join("server.crt").display()))
-            .replace("key: certs/server.key", &format!("key: {}", dir.join("server.key").display()));
+            .replace(
+                "catalog: catalog.yaml",
+                &format!("catalog: {}", qs.join("catalog.yaml").display()),
+            )
+            .replace(
+                "policy: policy",
+                &format!("policy: {}", qs.join("policy").display()),
+            )
+            .replace(
+                "cert: certs/server.crt",
+                &format!("cert: {}", dir.join("server.crt").display()),
+            )
+            .replace(
+                "key: certs/server.key",
+                &format!("key: {}", dir.join("server.key").display()),
+            );
         std::fs::write(dir.join("lakegate.yaml"), config).expect("write config");
         Self::start_with(&dir.join("lakegate.yaml"), dir)
     }
@@ -105,18 +123,32 @@ impl Gateway {
                 panic!("lakegate did not report listening within 60 s");
             }
         };
-        let port = addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+        let port = addr
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port");
         let cert = std::fs::read(dir.join("server.crt")).expect("generated certificate");
-        Gateway { child, port, dir, cert }
+        Gateway {
+            child,
+            port,
+            dir,
+            cert,
+        }
     }
 
     pub fn conn_str(&self, user: &str, password: &str) -> String {
-        format!("host=127.0.0.1 port={} dbname=gtm user={user} password={password} sslmode=require", self.port)
+        format!(
+            "host=127.0.0.1 port={} dbname=gtm user={user} password={password} sslmode=require",
+            self.port
+        )
     }
 
     /// A TLS connector that trusts exactly the gateway's generated certificate.
     pub fn tls(&self) -> tokio_postgres_rustls::MakeRustlsConnect {
-        let cert = CertificateDer::from_pem_slice(&self.cert).expect("PEM certificate").into_owned();
+        let cert = CertificateDer::from_pem_slice(&self.cert)
+            .expect("PEM certificate")
+            .into_owned();
         let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
         let config = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
@@ -129,11 +161,18 @@ impl Gateway {
 
     /// Connects as `user` (password = user name, as in the quickstart).
     pub async fn connect(&self, user: &str) -> Client {
-        self.try_connect(user, user).await.unwrap_or_else(|e| panic!("connect as {user}: {e}"))
+        self.try_connect(user, user)
+            .await
+            .unwrap_or_else(|e| panic!("connect as {user}: {e}"))
     }
 
-    pub async fn try_connect(&self, user: &str, password: &str) -> Result<Client, tokio_postgres::Error> {
-        let (client, connection) = tokio_postgres::connect(&self.conn_str(user, password), self.tls()).await?;
+    pub async fn try_connect(
+        &self,
+        user: &str,
+        password: &str,
+    ) -> Result<Client, tokio_postgres::Error> {
+        let (client, connection) =
+            tokio_postgres::connect(&self.conn_str(user, password), self.tls()).await?;
         tokio::spawn(async move {
             let _ = connection.await;
         });
@@ -184,14 +223,26 @@ impl ServerCertVerifier for PinnedCert {
             Err(TlsError::General("not the gateway's certificate".into()))
         }
     }
-    fn verify_tls12_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, TlsError> {
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
         verify_tls12_signature(m, c, d, &self.provider.signature_verification_algorithms)
     }
-    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, TlsError> {
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
         verify_tls13_signature(m, c, d, &self.provider.signature_verification_algorithms)
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 

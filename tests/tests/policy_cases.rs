@@ -74,7 +74,11 @@ fn parse(file: &str, text: &str) -> Vec<Case> {
         } else if let Some(code) = kind.strip_prefix("error ") {
             Expect::Error(code.trim().to_string())
         } else if let Some(n) = kind.strip_prefix("count ") {
-            Expect::Count(n.trim().parse().unwrap_or_else(|_| panic!("{file}:{start}: bad count")))
+            Expect::Count(
+                n.trim()
+                    .parse()
+                    .unwrap_or_else(|_| panic!("{file}:{start}: bad count")),
+            )
         } else {
             panic!("{file}:{start}: expected `query`, `error SQLSTATE` or `count N`, got {kind:?}");
         };
@@ -101,9 +105,16 @@ async fn policy_cases() {
     let mut cases = Vec::new();
     for path in &files {
         let text = std::fs::read_to_string(path).expect("case file");
-        cases.extend(parse(&path.file_name().unwrap_or_default().to_string_lossy(), &text));
+        cases.extend(parse(
+            &path.file_name().unwrap_or_default().to_string_lossy(),
+            &text,
+        ));
     }
-    assert!(cases.len() >= 20, "expected the policy case files, found {} cases", cases.len());
+    assert!(
+        cases.len() >= 20,
+        "expected the policy case files, found {} cases",
+        cases.len()
+    );
 
     let gateway = Gateway::start();
     let mut clients = HashMap::new();
@@ -117,7 +128,9 @@ async fn policy_cases() {
         let outcome = match (&case.expect, result) {
             (Expect::Rows(want), Ok(got)) if *want == got => None,
             (Expect::Count(n), Ok(got)) if got.len() == *n => None,
-            (Expect::Error(code), Err(e)) if e.code().map(|c| c.code()) == Some(code.as_str()) => None,
+            (Expect::Error(code), Err(e)) if e.code().map(|c| c.code()) == Some(code.as_str()) => {
+                None
+            }
             (_, Ok(got)) => Some(format!("got rows {got:?}")),
             (_, Err(e)) => Some(format!(
                 "got error {} {:?}",
@@ -132,5 +145,11 @@ async fn policy_cases() {
             ));
         }
     }
-    assert!(failures.is_empty(), "{} of {} policy cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} policy cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }

@@ -14,7 +14,11 @@ fn psql(gateway: &Gateway, user: &str, args: &[&str]) -> Output {
 }
 
 fn stdout(out: &Output) -> String {
-    assert!(out.status.success(), "psql failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "psql failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -27,25 +31,52 @@ fn meta_commands_show_only_what_policy_allows() {
     assert!(schemas.contains("gtm"), "{schemas}");
 
     let tables = stdout(&psql(&gateway, "alice", &["-c", r"\dt gtm.*"]));
-    assert!(tables.contains("hcp") && tables.contains("sales"), "{tables}");
-    assert!(!tables.contains("patients"), "alice must not see patients: {tables}");
+    assert!(
+        tables.contains("hcp") && tables.contains("sales"),
+        "{tables}"
+    );
+    assert!(
+        !tables.contains("patients"),
+        "alice must not see patients: {tables}"
+    );
     let tables = stdout(&psql(&gateway, "carol", &["-c", r"\dt gtm.*"]));
     assert!(tables.contains("patients"), "carol sees patients: {tables}");
     let tables = psql(&gateway, "dave", &["-c", r"\dt gtm.*"]);
-    let text = String::from_utf8_lossy(&tables.stdout).to_string() + &String::from_utf8_lossy(&tables.stderr);
-    assert!(!text.contains("hcp") && !text.contains("sales"), "dave sees nothing: {text}");
+    let text = String::from_utf8_lossy(&tables.stdout).to_string()
+        + &String::from_utf8_lossy(&tables.stderr);
+    assert!(
+        !text.contains("hcp") && !text.contains("sales"),
+        "dave sees nothing: {text}"
+    );
 
     let describe = stdout(&psql(&gateway, "alice", &["-c", r"\d+ hcp"]));
-    assert!(describe.contains("Professional e-mail address"), "column comments shown: {describe}");
-    assert!(describe.contains("email") && !describe.contains("npi"), "{describe}");
+    assert!(
+        describe.contains("Professional e-mail address"),
+        "column comments shown: {describe}"
+    );
+    assert!(
+        describe.contains("email") && !describe.contains("npi"),
+        "{describe}"
+    );
     let describe = stdout(&psql(&gateway, "carol", &["-c", r"\d+ hcp"]));
-    assert!(describe.contains("npi") && describe.contains("National provider identifier"), "{describe}");
+    assert!(
+        describe.contains("npi") && describe.contains("National provider identifier"),
+        "{describe}"
+    );
 }
 
 #[test]
 fn aggregates_from_psql() {
     let gateway = Gateway::start();
-    let out = stdout(&psql(&gateway, "alice", &["-At", "-c", "SELECT country, count(*) FROM hcp GROUP BY country ORDER BY country"]));
+    let out = stdout(&psql(
+        &gateway,
+        "alice",
+        &[
+            "-At",
+            "-c",
+            "SELECT country, count(*) FROM hcp GROUP BY country ORDER BY country",
+        ],
+    ));
     assert_eq!(out.trim(), "CH|250\nDE|250\nDK|250\nFR|250");
 }
 
@@ -61,10 +92,22 @@ fn ctrl_c_cancels_the_running_query() {
         .expect("psql");
     // psql sends a CancelRequest on SIGINT, like Ctrl-C at the terminal
     std::thread::sleep(Duration::from_millis(700));
-    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill");
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
     assert!(status.success());
-    assert!(wait_until(Duration::from_secs(20), || matches!(child.try_wait(), Ok(Some(_)))), "psql did not end after Ctrl-C");
+    assert!(
+        wait_until(Duration::from_secs(20), || matches!(
+            child.try_wait(),
+            Ok(Some(_))
+        )),
+        "psql did not end after Ctrl-C"
+    );
     let out = child.wait_with_output().expect("psql output");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("canceling statement due to user request"), "{err}");
+    assert!(
+        err.contains("canceling statement due to user request"),
+        "{err}"
+    );
 }
