@@ -1,0 +1,67 @@
+//! `lakegate check`: policy errors name the file, line and rule; the quickstart passes.
+use std::path::Path;
+use std::process::Command;
+
+use lakegate_e2e::{binary, quickstart};
+
+fn check(config: &Path) -> (bool, String) {
+    let out = Command::new(binary())
+        .args(["check", "--config"])
+        .arg(config)
+        .output()
+        .expect("run lakegate check");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+/// A config like the quickstart's, with `policy` replaced by the given file contents.
+fn config_with_policy(name: &str, policy: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("lakegate-check-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(dir.join("policy")).expect("dir");
+    std::fs::write(dir.join("policy").join("bad.yaml"), policy).expect("policy");
+    let qs = quickstart().canonicalize().expect("quickstart");
+    let text = std::fs::read_to_string(qs.join("lakegate.yaml"))
+        .expect("config")
+        .replace(
+            "catalog: catalog.yaml",
+            &format!("catalog: {}", qs.join("catalog.yaml").display()),
+        );
+    std::fs::write(dir.join("lakegate.yaml"), text).expect("config");
+    dir.join("lakegate.yaml")
+}
+
+#[test]
+fn quickstart_policy_checks_clean() {
+    let (ok, text) = check(&quickstart().join("lakegate.yaml"));
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("ok: 5 rule(s), 4 user(s), 7 grant(s) compiled"),
+        "{text}"
+    );
+}
+
+#[test]
+fn structural_errors_name_file_line_and_rule() {
+    let policy = "rules:\n  - name: fine\n    principals: { groups: [eu-sales] }\n    tables: [gtm.hcp]\n  - name: bad-table-pattern\n    principals: { groups: [eu-sales] }\n    tables: [hcp]\n";
+    let (ok, text) = check(&config_with_policy("structural", policy));
+    assert!(!ok, "a broken policy must fail the check: {text}");
+    assert!(
+        text.contains(
+            "bad.yaml:5: rule \"bad-table-pattern\": table pattern \"hcp\" must be database.table"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn rules_that_do_not_compile_are_reported_with_their_location() {
+    let policy = "rules:\n  - name: eu\n    principals: { groups: [eu-sales] }\n    tables: [gtm.hcp]\n    row_filter: \"no_such_column = 'DE'\"\n";
+    let (ok, text) = check(&config_with_policy("compile", policy));
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("bad.yaml:2: rule \"eu\" for gtm.hcp (user alice)"),
+        "{text}"
+    );
+    assert!(text.contains("no_such_column"), "{text}");
+}
