@@ -100,6 +100,12 @@ async fn run(command: Command) -> Result<(), StartupError> {
     match command {
         Command::Serve { config, listen } => serve(&config, listen).await,
         Command::Quickstart { dir, listen } => {
+            if !dir.join("lakegate.yaml").exists() {
+                return Err(StartupError::Other(format!(
+                    "{} has no lakegate.yaml: run this from the repository root, or pass --dir",
+                    dir.display()
+                )));
+            }
             generate_demo(&dir)?;
             serve(&dir.join("lakegate.yaml"), listen).await
         }

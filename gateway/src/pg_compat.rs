@@ -81,6 +81,21 @@ pub async fn install(
         env!("CARGO_PKG_VERSION")
     );
     ctx.register_udf(constant_text("version", version));
+    ctx.register_udf(size_pretty_udf());
+    // Lakegate's tables are not stored by this server: PostgreSQL's size functions answer 0.
+    for name in ["pg_table_size", "pg_indexes_size"] {
+        ctx.register_udf(create_udf(
+            name,
+            vec![DataType::Int64],
+            DataType::Int64,
+            Volatility::Stable,
+            Arc::new(|_args: &[ColumnarValue]| {
+                Ok(ColumnarValue::Scalar(
+                    datafusion::scalar::ScalarValue::Int64(Some(0)),
+                ))
+            }),
+        ));
+    }
     let visible = Arc::new(visible.clone());
     for (name, kind) in [
         ("has_table_privilege", PrivilegeKind::Table),
@@ -104,6 +119,45 @@ pub fn set_user(ctx: &SessionContext, user: &str) {
     for name in ["current_user", "session_user", "user", "current_role"] {
         ctx.register_udf(constant_text(name, user.to_string()));
     }
+}
+
+/// PostgreSQL's `pg_size_pretty(bigint)`: bytes below 10 kB, then kB, MB, GB, TB, PB, each
+/// rounded half up, moving to the next unit from 10240 of the current one.
+pub fn size_pretty(bytes: i64) -> String {
+    if bytes.unsigned_abs() < 10 * 1024 {
+        return format!("{bytes} bytes");
+    }
+    let mut value = bytes as f64;
+    for unit in ["kB", "MB", "GB", "TB", "PB"] {
+        value /= 1024.0;
+        if value.abs() < 10.0 * 1024.0 - 0.5 || unit == "PB" {
+            return format!("{} {unit}", value.round() as i64);
+        }
+    }
+    format!("{bytes} bytes")
+}
+
+fn size_pretty_udf() -> ScalarUDF {
+    create_udf(
+        "pg_size_pretty",
+        vec![DataType::Int64],
+        DataType::Utf8,
+        Volatility::Immutable,
+        Arc::new(|args: &[ColumnarValue]| {
+            let arrays = ColumnarValue::values_to_arrays(args)?;
+            let sizes = arrays
+                .first()
+                .and_then(|a| {
+                    a.as_any()
+                        .downcast_ref::<datafusion::arrow::array::Int64Array>()
+                })
+                .ok_or_else(|| {
+                    DataFusionError::Execution("pg_size_pretty takes a bigint".into())
+                })?;
+            let out: StringArray = sizes.iter().map(|v| v.map(size_pretty)).collect();
+            Ok(ColumnarValue::Array(Arc::new(out)))
+        }),
+    )
 }
 
 fn constant_text(name: &str, value: String) -> ScalarUDF {
@@ -205,6 +259,20 @@ impl ScalarUDFImpl for PrivilegeUdf {
             out.append_value(allowed);
         }
         Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::size_pretty;
+
+    #[test]
+    fn sizes_print_like_postgres() {
+        assert_eq!(size_pretty(0), "0 bytes");
+        assert_eq!(size_pretty(10239), "10239 bytes");
+        assert_eq!(size_pretty(10240), "10 kB");
+        assert_eq!(size_pretty(1_000_000), "977 kB");
+        assert_eq!(size_pretty(20_000_000), "19 MB");
     }
 }
 

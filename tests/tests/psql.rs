@@ -58,6 +58,16 @@ fn meta_commands_show_only_what_policy_allows() {
         describe.contains("email") && !describe.contains("npi"),
         "{describe}"
     );
+    let verbose = stdout(&psql(&gateway, "alice", &["-c", r"\dt+ gtm.*"]));
+    assert!(
+        verbose.contains("Daily sales per HCP and product"),
+        "table descriptions shown: {verbose}"
+    );
+    assert!(
+        !verbose.contains("patients") && !verbose.contains("support programmes"),
+        "{verbose}"
+    );
+
     let describe = stdout(&psql(&gateway, "carol", &["-c", r"\d+ hcp"]));
     assert!(
         describe.contains("npi") && describe.contains("National provider identifier"),
