@@ -1,56 +1,93 @@
-//! Local users with SCRAM-SHA-256 (pgwire does the exchange). The configuration stores, per
-//! user, the salt, iteration count and SCRAM SaltedPassword — never the password itself.
+//! Local users with SCRAM-SHA-256, verified against PostgreSQL's own verifier format
+//! (`SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`, as in `pg_authid`), so the
+//! configuration holds nothing a client could log in with.
+//!
+//! pgwire's SCRAM needs the SaltedPassword, which is login-equivalent; the server side of the
+//! exchange is small and fully specified (RFC 5802, RFC 7677), so it is done here with ring's
+//! HMAC, SHA-256 and constant-time comparison. Channel binding (SCRAM-SHA-256-PLUS) is not
+//! offered yet.
+use std::fmt::Debug;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use futures::{Sink, SinkExt};
 use pgwire::api::auth::sasl::scram::gen_salted_password;
-use pgwire::api::auth::{AuthSource, LoginInfo, Password};
+use pgwire::api::auth::{
+    DefaultServerParameterProvider, StartupHandler, finish_authentication, protocol_negotiation,
+    save_startup_parameters_to_metadata,
+};
+use pgwire::api::{
+    ClientInfo, ConnectionGuard, ConnectionHandle, ConnectionManager, PgWireConnectionState,
+    PidSecretKeyGenerator, RandomPidSecretKeyGenerator,
+};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::startup::Authentication;
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use ring::{digest, hmac};
+use tokio::sync::Mutex;
 
 use crate::config::Config;
 
-/// The prefix of a stored secret. It is not PostgreSQL's `SCRAM-SHA-256$` verifier format
-/// (StoredKey/ServerKey): pgwire's SCRAM needs the SaltedPassword.
-pub const SECRET_PREFIX: &str = "SCRAM-SHA-256-SALTED$";
-pub const ITERATIONS: usize = 4096;
+pub const MECHANISM: &str = "SCRAM-SHA-256";
+pub const ITERATIONS: u32 = 4096;
 
-/// Formats the secret `lakegate passwd` prints for a password.
-pub fn make_secret(password: &str) -> String {
-    let salt: [u8; 16] = rand::random();
-    let salted = gen_salted_password(password, &salt, ITERATIONS);
-    format!(
-        "{SECRET_PREFIX}{ITERATIONS}:{}${}",
-        STANDARD.encode(salt),
-        STANDARD.encode(salted)
-    )
-}
-
-struct Secret {
+/// A PostgreSQL SCRAM-SHA-256 verifier.
+#[derive(Clone)]
+pub struct Verifier {
+    iterations: u32,
     salt: Vec<u8>,
-    salted_password: Vec<u8>,
+    stored_key: Vec<u8>,
+    server_key: Vec<u8>,
 }
 
-fn parse_secret(secret: &str) -> Option<Secret> {
-    let rest = secret.strip_prefix(SECRET_PREFIX)?;
-    let (params, salted) = rest.split_once('$')?;
-    let (iterations, salt) = params.split_once(':')?;
-    if iterations.parse::<usize>().ok()? != ITERATIONS {
-        return None;
+fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
+    hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), data)
+        .as_ref()
+        .to_vec()
+}
+
+impl Verifier {
+    pub fn parse(text: &str) -> Option<Verifier> {
+        let rest = text.strip_prefix("SCRAM-SHA-256$")?;
+        let (params, keys) = rest.split_once('$')?;
+        let (iterations, salt) = params.split_once(':')?;
+        let (stored, server) = keys.split_once(':')?;
+        let verifier = Verifier {
+            iterations: iterations.parse().ok().filter(|i| *i >= 4096)?,
+            salt: STANDARD.decode(salt).ok()?,
+            stored_key: STANDARD.decode(stored).ok()?,
+            server_key: STANDARD.decode(server).ok()?,
+        };
+        (verifier.stored_key.len() == 32
+            && verifier.server_key.len() == 32
+            && !verifier.salt.is_empty())
+        .then_some(verifier)
     }
-    Some(Secret {
-        salt: STANDARD.decode(salt).ok()?,
-        salted_password: STANDARD.decode(salted).ok()?,
-    })
+
+    /// The verifier `lakegate passwd` prints (and PostgreSQL would store) for a password.
+    pub fn for_password(password: &str) -> String {
+        let salt: [u8; 16] = rand::random();
+        let salted = gen_salted_password(password, &salt, ITERATIONS as usize);
+        let client_key = hmac_sha256(&salted, b"Client Key");
+        let stored_key = digest::digest(&digest::SHA256, &client_key);
+        let server_key = hmac_sha256(&salted, b"Server Key");
+        format!(
+            "SCRAM-SHA-256${ITERATIONS}:{}${}:{}",
+            STANDARD.encode(salt),
+            STANDARD.encode(stored_key.as_ref()),
+            STANDARD.encode(server_key)
+        )
+    }
 }
 
-/// Checks every user's secret at start-up so a typo fails loudly, not at login.
+/// Checks every user's verifier at start-up so a typo fails loudly, not at login.
 pub fn validate_users(config: &Config) -> Result<(), String> {
     for user in &config.users {
-        if parse_secret(&user.scram).is_none() {
+        if Verifier::parse(&user.scram).is_none() {
             return Err(format!(
-                "user {}: scram is not a secret printed by `lakegate passwd` ({SECRET_PREFIX}{ITERATIONS}:...)",
+                "user {}: scram is not a SCRAM-SHA-256 verifier (SCRAM-SHA-256$4096:<salt>$<StoredKey>:<ServerKey>, as printed by `lakegate passwd`)",
                 user.name
             ));
         }
@@ -58,47 +95,285 @@ pub fn validate_users(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
-#[derive(Debug)]
+/// The users a gateway knows, and a secret for decoy verifiers.
 pub struct LocalUsers {
     config: Arc<Config>,
-    /// A fixed random secret for unknown users, so the SCRAM exchange runs to its end and fails
-    /// the same way as a wrong password (no user enumeration).
-    decoy: (Vec<u8>, Vec<u8>),
+    decoy_secret: [u8; 32],
 }
 
 impl LocalUsers {
     pub fn new(config: Arc<Config>) -> Self {
-        let salt: [u8; 16] = rand::random();
-        let salted: [u8; 32] = rand::random();
         LocalUsers {
             config,
-            decoy: (salt.to_vec(), salted.to_vec()),
+            decoy_secret: rand::random(),
+        }
+    }
+
+    /// The user's verifier; for an unknown user a decoy whose salt is stable per name, so
+    /// the exchange looks the same and fails the same way as a wrong password.
+    fn verifier(&self, user: &str) -> Verifier {
+        if let Some(v) = self
+            .config
+            .user(user)
+            .and_then(|u| Verifier::parse(&u.scram))
+        {
+            return v;
+        }
+        let salt = hmac_sha256(&self.decoy_secret, user.as_bytes());
+        Verifier {
+            iterations: ITERATIONS,
+            salt: salt[..16].to_vec(),
+            stored_key: hmac_sha256(&self.decoy_secret, b"stored"),
+            server_key: hmac_sha256(&self.decoy_secret, b"server"),
         }
     }
 }
 
-#[async_trait]
-impl AuthSource for LocalUsers {
-    async fn get_password(&self, login: &LoginInfo) -> PgWireResult<Password> {
-        let user = login.user().unwrap_or_default();
-        if let Some(db) = login.database()
-            && db != self.config.database
-        {
-            return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
-                "FATAL".to_string(),
-                "3D000".to_string(),
-                format!("database \"{db}\" does not exist"),
-            ))));
+enum State {
+    Initial,
+    /// server-first sent; what the final step needs
+    ServerFirstSent {
+        verifier: Verifier,
+        client_first_bare: String,
+        server_first: String,
+        nonce: String,
+        gs2_header: String,
+    },
+    Done,
+}
+
+/// The startup phase of one connection: SCRAM-SHA-256 over TLS.
+pub struct ScramStartup {
+    users: Arc<LocalUsers>,
+    parameters: Arc<DefaultServerParameterProvider>,
+    connections: Arc<ConnectionManager>,
+    pids: Arc<RandomPidSecretKeyGenerator>,
+    allow_plaintext: bool,
+    state: Mutex<State>,
+}
+
+impl ScramStartup {
+    pub fn new(
+        users: Arc<LocalUsers>,
+        parameters: Arc<DefaultServerParameterProvider>,
+        connections: Arc<ConnectionManager>,
+        pids: Arc<RandomPidSecretKeyGenerator>,
+        allow_plaintext: bool,
+    ) -> Self {
+        ScramStartup {
+            users,
+            parameters,
+            connections,
+            pids,
+            allow_plaintext,
+            state: Mutex::new(State::Initial),
         }
-        match self.config.user(user).and_then(|u| parse_secret(&u.scram)) {
-            Some(secret) => Ok(Password::new(Some(secret.salt), secret.salted_password)),
-            None => {
-                tracing::info!(user = %user, "login attempt for an unknown user");
-                Ok(Password::new(
-                    Some(self.decoy.0.clone()),
-                    self.decoy.1.clone(),
-                ))
+    }
+}
+
+fn fatal(code: &str, message: &str, hint: Option<&str>) -> PgWireError {
+    let mut info = ErrorInfo::new("FATAL".to_string(), code.to_string(), message.to_string());
+    info.hint = hint.map(str::to_string);
+    PgWireError::UserError(Box::new(info))
+}
+
+fn malformed(what: &str) -> PgWireError {
+    fatal("08P01", &format!("malformed SCRAM message: {what}"), None)
+}
+
+fn attribute(message: &str, key: char) -> Option<&str> {
+    message
+        .split(',')
+        .find_map(|part| part.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+}
+
+/// Splits `gs2-header` from `client-first-message-bare` (RFC 5802 §7).
+fn split_client_first(message: &str) -> PgWireResult<(String, String)> {
+    let mut parts = message.splitn(3, ',');
+    let cbind = parts.next().ok_or_else(|| malformed("empty"))?;
+    let authzid = parts.next().ok_or_else(|| malformed("no gs2 header"))?;
+    let bare = parts
+        .next()
+        .ok_or_else(|| malformed("no client-first-bare"))?;
+    match cbind {
+        "n" | "y" => {}
+        _ if cbind.starts_with("p=") => {
+            return Err(fatal(
+                "28000",
+                "channel binding is not supported; use SCRAM-SHA-256",
+                None,
+            ));
+        }
+        _ => return Err(malformed("bad channel binding flag")),
+    }
+    if !authzid.is_empty() {
+        return Err(fatal(
+            "28000",
+            "client uses authorization identity, but it is not supported",
+            None,
+        ));
+    }
+    Ok((format!("{cbind},{authzid},"), bare.to_string()))
+}
+
+#[async_trait]
+impl StartupHandler for ScramStartup {
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        match message {
+            PgWireFrontendMessage::Startup(startup) => {
+                if !self.allow_plaintext && !client.is_secure() {
+                    return Err(fatal(
+                        "28000",
+                        "connection requires TLS",
+                        Some("connect with sslmode=require"),
+                    ));
+                }
+                protocol_negotiation(client, &startup).await?;
+                save_startup_parameters_to_metadata(client, &startup);
+                client.set_state(PgWireConnectionState::AuthenticationInProgress);
+                client
+                    .send(PgWireBackendMessage::Authentication(Authentication::SASL(
+                        vec![MECHANISM.to_string()],
+                    )))
+                    .await?;
+                Ok(())
             }
+            PgWireFrontendMessage::PasswordMessageFamily(msg) => {
+                let user = client
+                    .metadata()
+                    .get(pgwire::api::METADATA_USER)
+                    .cloned()
+                    .unwrap_or_default();
+                let mut state = self.state.lock().await;
+                match std::mem::replace(&mut *state, State::Done) {
+                    State::Initial => {
+                        let initial = msg.into_sasl_initial_response()?;
+                        if initial.auth_method != MECHANISM {
+                            return Err(fatal(
+                                "28000",
+                                "unsupported SASL mechanism; use SCRAM-SHA-256",
+                                None,
+                            ));
+                        }
+                        let data = initial
+                            .data
+                            .ok_or_else(|| malformed("empty client-first"))?;
+                        let text =
+                            std::str::from_utf8(&data).map_err(|_| malformed("not UTF-8"))?;
+                        let (gs2_header, client_first_bare) = split_client_first(text)?;
+                        let client_nonce = attribute(&client_first_bare, 'r')
+                            .ok_or_else(|| malformed("no nonce"))?;
+                        let server_nonce: [u8; 18] = rand::random();
+                        let nonce = format!("{client_nonce}{}", STANDARD.encode(server_nonce));
+                        let verifier = self.users.verifier(&user);
+                        let server_first = format!(
+                            "r={nonce},s={},i={}",
+                            STANDARD.encode(&verifier.salt),
+                            verifier.iterations
+                        );
+                        client
+                            .send(PgWireBackendMessage::Authentication(
+                                Authentication::SASLContinue(
+                                    server_first.clone().into_bytes().into(),
+                                ),
+                            ))
+                            .await?;
+                        *state = State::ServerFirstSent {
+                            verifier,
+                            client_first_bare,
+                            server_first,
+                            nonce,
+                            gs2_header,
+                        };
+                        Ok(())
+                    }
+                    State::ServerFirstSent {
+                        verifier,
+                        client_first_bare,
+                        server_first,
+                        nonce,
+                        gs2_header,
+                    } => {
+                        let response = msg.into_sasl_response()?;
+                        let text = std::str::from_utf8(&response.data)
+                            .map_err(|_| malformed("not UTF-8"))?;
+                        let (without_proof, proof) = text
+                            .rsplit_once(",p=")
+                            .ok_or_else(|| malformed("no proof"))?;
+                        if attribute(without_proof, 'c')
+                            != Some(STANDARD.encode(&gs2_header).as_str())
+                        {
+                            return Err(malformed("channel binding mismatch"));
+                        }
+                        if attribute(without_proof, 'r') != Some(nonce.as_str()) {
+                            return Err(malformed("nonce mismatch"));
+                        }
+                        let proof = STANDARD
+                            .decode(proof)
+                            .map_err(|_| malformed("proof is not base64"))?;
+                        let auth_message =
+                            format!("{client_first_bare},{server_first},{without_proof}");
+                        let signature = hmac_sha256(&verifier.stored_key, auth_message.as_bytes());
+                        let valid = proof.len() == signature.len() && {
+                            let client_key: Vec<u8> =
+                                proof.iter().zip(&signature).map(|(p, s)| p ^ s).collect();
+                            let stored = digest::digest(&digest::SHA256, &client_key);
+                            #[allow(deprecated)] // ring keeps this as its constant-time comparison
+                            let same = ring::constant_time::verify_slices_are_equal(
+                                stored.as_ref(),
+                                &verifier.stored_key,
+                            )
+                            .is_ok();
+                            same
+                        };
+                        if !valid {
+                            tracing::info!(user = %user, "password authentication failed");
+                            return Err(PgWireError::InvalidPassword(user));
+                        }
+                        // Like PostgreSQL, the database is checked once the user is authenticated.
+                        let database = client
+                            .metadata()
+                            .get(pgwire::api::METADATA_DATABASE)
+                            .cloned()
+                            .unwrap_or_default();
+                        if database != self.users.config.database {
+                            return Err(fatal(
+                                "3D000",
+                                &format!("database \"{database}\" does not exist"),
+                                None,
+                            ));
+                        }
+                        let server_signature =
+                            hmac_sha256(&verifier.server_key, auth_message.as_bytes());
+                        let server_final = format!("v={}", STANDARD.encode(server_signature));
+                        client
+                            .send(PgWireBackendMessage::Authentication(
+                                Authentication::SASLFinal(server_final.into_bytes().into()),
+                            ))
+                            .await?;
+                        let (pid, secret) = self.pids.generate(client);
+                        client.set_pid_and_secret_key(pid, secret.clone());
+                        let (handle, guard): (Arc<ConnectionHandle>, ConnectionGuard) =
+                            self.connections.register(pid, secret);
+                        client.session_extensions().insert(handle);
+                        client.session_extensions().insert(guard);
+                        finish_authentication(client, self.parameters.as_ref()).await?;
+                        tracing::info!(user = %user, "logged in");
+                        Ok(())
+                    }
+                    State::Done => Err(malformed("unexpected message after authentication")),
+                }
+            }
+            _ => Ok(()),
         }
     }
 }
@@ -108,15 +383,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn secret_round_trips_and_hides_the_password() {
-        let secret = make_secret("alice");
-        assert!(!secret.contains("alice"));
-        let parsed = parse_secret(&secret).expect("parses");
+    fn verifiers_are_postgres_format_and_hold_no_password() {
+        let text = Verifier::for_password("alice");
+        assert!(text.starts_with("SCRAM-SHA-256$4096:"), "{text}");
+        assert!(!text.contains("alice"));
+        let v = Verifier::parse(&text).expect("parses");
+        // the stored key is H(HMAC(SaltedPassword, "Client Key")), as PostgreSQL computes it
+        let salted = gen_salted_password("alice", &v.salt, 4096);
+        let client_key = hmac_sha256(&salted, b"Client Key");
         assert_eq!(
-            parsed.salted_password,
-            gen_salted_password("alice", &parsed.salt, ITERATIONS)
+            digest::digest(&digest::SHA256, &client_key).as_ref(),
+            v.stored_key.as_slice()
         );
-        assert!(parse_secret("alice").is_none());
-        assert!(parse_secret("SCRAM-SHA-256-SALTED$10:AAAA$AAAA").is_none());
+        assert!(Verifier::parse("alice").is_none());
+        assert!(Verifier::parse("SCRAM-SHA-256$10:AAAA$AAAA:AAAA").is_none());
+    }
+
+    #[test]
+    fn client_first_headers() {
+        assert_eq!(
+            split_client_first("n,,n=,r=abc").expect("ok"),
+            ("n,,".to_string(), "n=,r=abc".to_string())
+        );
+        assert!(split_client_first("p=tls-server-end-point,,n=,r=abc").is_err());
+        assert!(split_client_first("n,a=admin,n=,r=abc").is_err());
+        assert!(split_client_first("garbage").is_err());
     }
 }

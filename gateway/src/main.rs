@@ -64,7 +64,7 @@ enum Command {
         #[arg(long, short, env = "LAKEGATE_CONFIG")]
         config: PathBuf,
     },
-    /// Read a password on standard input and print the SCRAM secret to put in the config.
+    /// Read a password on standard input and print its SCRAM-SHA-256 verifier (PostgreSQL's format).
     Passwd,
 }
 
@@ -121,7 +121,7 @@ async fn run(command: Command) -> Result<(), StartupError> {
             if password.is_empty() {
                 return Err(StartupError::Other("empty password".into()));
             }
-            println!("{}", auth::make_secret(password));
+            println!("{}", auth::Verifier::for_password(password));
             Ok(())
         }
     }

@@ -1,21 +1,17 @@
 //! The listener: accepts connections, gives each its own startup (SASL) state, and serves
 //! them with the shared query handler. A failing connection never affects another.
-use std::fmt::Debug;
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use futures::Sink;
-use pgwire::api::auth::sasl::SASLAuthStartupHandler;
-use pgwire::api::auth::sasl::scram::ScramAuth;
 use pgwire::api::auth::{DefaultServerParameterProvider, StartupHandler};
 use pgwire::api::cancel::DefaultCancelHandler;
-use pgwire::api::{ClientInfo, ConnectionManager, ErrorHandler, PgWireServerHandlers};
-use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
-use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use pgwire::api::{
+    ClientInfo, ConnectionManager, ErrorHandler, PgWireServerHandlers, RandomPidSecretKeyGenerator,
+};
+use pgwire::error::PgWireError;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::auth::LocalUsers;
+use crate::auth::{LocalUsers, ScramStartup};
 use crate::handler::QueryHandler;
 use crate::lake::Lake;
 use crate::pg_compat;
@@ -26,6 +22,7 @@ pub struct Server {
     users: Arc<LocalUsers>,
     query: Arc<QueryHandler>,
     connections: Arc<ConnectionManager>,
+    pids: Arc<RandomPidSecretKeyGenerator>,
     parameters: Arc<DefaultServerParameterProvider>,
 }
 
@@ -40,6 +37,7 @@ impl Server {
             users: Arc::new(LocalUsers::new(lake.config.clone())),
             query: Arc::new(QueryHandler::new(lake.clone())),
             connections: Arc::new(ConnectionManager::new()),
+            pids: Arc::new(RandomPidSecretKeyGenerator::default()),
             parameters: Arc::new(parameters),
             lake,
             tls,
@@ -51,14 +49,14 @@ impl Server {
         let allow_plaintext = self.lake.config.tls.allow_plaintext || self.tls.is_none();
         loop {
             let (socket, peer) = listener.accept().await?;
-            let startup = SASLAuthStartupHandler::new(self.parameters.clone())
-                .with_scram(ScramAuth::new(self.users.clone()))
-                .with_connection_manager(self.connections.clone());
             let handlers = ConnectionHandlers {
-                startup: Arc::new(RequireTls {
-                    inner: startup,
+                startup: Arc::new(ScramStartup::new(
+                    self.users.clone(),
+                    self.parameters.clone(),
+                    self.connections.clone(),
+                    self.pids.clone(),
                     allow_plaintext,
-                }),
+                )),
                 query: self.query.clone(),
                 cancel: Arc::new(DefaultCancelHandler::new(self.connections.clone())),
             };
@@ -73,7 +71,7 @@ impl Server {
 }
 
 struct ConnectionHandlers {
-    startup: Arc<RequireTls>,
+    startup: Arc<ScramStartup>,
     query: Arc<QueryHandler>,
     cancel: Arc<DefaultCancelHandler>,
 }
@@ -93,37 +91,6 @@ impl PgWireServerHandlers for ConnectionHandlers {
     }
     fn error_handler(&self) -> Arc<impl ErrorHandler> {
         Arc::new(LogErrors)
-    }
-}
-
-/// Refuses password logins over plaintext connections unless the operator allowed them.
-struct RequireTls {
-    inner: SASLAuthStartupHandler<DefaultServerParameterProvider>,
-    allow_plaintext: bool,
-}
-
-#[async_trait]
-impl StartupHandler for RequireTls {
-    async fn on_startup<C>(
-        &self,
-        client: &mut C,
-        message: PgWireFrontendMessage,
-    ) -> PgWireResult<()>
-    where
-        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
-        C::Error: Debug,
-        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
-    {
-        if !self.allow_plaintext && !client.is_secure() {
-            let mut info = ErrorInfo::new(
-                "FATAL".to_string(),
-                "28000".to_string(),
-                "connection requires TLS".to_string(),
-            );
-            info.hint = Some("connect with sslmode=require".to_string());
-            return Err(PgWireError::UserError(Box::new(info)));
-        }
-        self.inner.on_startup(client, message).await
     }
 }
 

@@ -19,8 +19,13 @@ use tokio_rustls::rustls::{
     ClientConfig, DigitallySignedStruct, Error as TlsError, SignatureScheme,
 };
 
+/// The workspace of the checkout under test. Read at run time: cargo sets
+/// `CARGO_MANIFEST_DIR` when it runs tests, and a compile-time path goes stale when a cached
+/// target directory serves another checkout (as in CI).
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    let manifest = std::env::var("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    Path::new(&manifest).join("..")
 }
 
 pub fn quickstart() -> PathBuf {
