@@ -166,3 +166,135 @@ async fn a_view_scanned_without_the_rule_fails_closed() {
         .expect_err("raw scan refused");
     assert!(err.contains("does not exist"), "{err}");
 }
+
+#[tokio::test]
+async fn every_mask_kind_computes_from_raw_values() {
+    use datafusion::arrow::array::Date32Array;
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("name", DataType::Utf8, true),
+        Field::new("born", DataType::Date32, true),
+        Field::new("npi", DataType::Int64, true),
+        Field::new("note", DataType::Utf8, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from(vec![
+                Some("Sofie Keller"),
+                Some("Al"),
+                None,
+            ])),
+            // 1990-06-15, 2001-12-31, NULL
+            Arc::new(Date32Array::from(vec![Some(7470), Some(11687), None])),
+            Arc::new(Int64Array::from(vec![Some(1234567890), Some(42), None])),
+            Arc::new(StringArray::from(vec![Some("a"), Some("b"), Some("c")])),
+        ],
+    )
+    .expect("batch");
+    let people = Arc::new(MemTable::try_new(schema, vec![vec![batch]]).expect("memtable"));
+    let policy = PolicySet::load(&[PolicySource {
+        file: "m.yaml".into(),
+        text: r#"
+rules:
+  - name: masks
+    principals: { users: ["*"] }
+    tables: ["db.people"]
+    columns:
+      - { name: name, mask: { show_first: 3 } }
+      - { name: born, mask: date_to_year }
+      - { name: npi, mask: { show_last: 2 } }
+      - { name: note, mask: nullify }
+"#
+        .into(),
+    }])
+    .expect("policy");
+    let meta = TableMeta {
+        database: "db".into(),
+        table: "people".into(),
+        tags: Default::default(),
+        columns: ["name", "born", "npi", "note"]
+            .iter()
+            .map(|n| ColumnMeta {
+                name: n.to_string(),
+                tags: Default::default(),
+            })
+            .collect(),
+    };
+    let identity = Identity::new("u", vec![]);
+    let Decision::Allowed(access) = policy.decide(&identity, &meta) else {
+        panic!("allowed")
+    };
+    let ctx = session();
+    let compiled = compile_access(
+        &access,
+        &identity,
+        TableReference::bare("people"),
+        people,
+        &ctx.state(),
+    )
+    .expect("compiles");
+    ctx.register_table(
+        "people",
+        Arc::new(PolicyView::new("db.people", access.rule, compiled)),
+    )
+    .expect("register");
+    let df = ctx
+        .sql("SELECT name, CAST(born AS VARCHAR) AS born, npi, note FROM people")
+        .await
+        .expect("plan");
+    let batches = df.collect().await.expect("run");
+    let out = pretty_format_batches(&batches).expect("format").to_string();
+    for want in [
+        "Sof*********",
+        "Al ",
+        "1990-01-01",
+        "2001-01-01",
+        "********90",
+        "42 ",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in\n{out}");
+    }
+    assert!(
+        !out.contains("Keller") && !out.contains("1234567890") && !out.contains("06-15"),
+        "{out}"
+    );
+    // nullify keeps the column and its type, with no values
+    let notes = ctx
+        .sql("SELECT count(note) AS n, arrow_typeof(note) AS t FROM people GROUP BY 2")
+        .await
+        .expect("plan");
+    let out = pretty_format_batches(&notes.collect().await.expect("run"))
+        .expect("format")
+        .to_string();
+    assert!(out.contains("| 0 | Utf8"), "{out}");
+    // date_to_year is refused on a column that is not a date
+    let bad = PolicySet::load(&[PolicySource {
+        file: "b.yaml".into(),
+        text: "rules:\n  - name: b\n    principals: { users: [\"*\"] }\n    tables: [\"db.docs\"]\n    columns:\n      - { name: owner, mask: date_to_year }\n".into(),
+    }])
+    .expect("loads");
+    let docs = TableMeta {
+        database: "db".into(),
+        table: "docs".into(),
+        tags: Default::default(),
+        columns: ["id", "owner", "secret"]
+            .iter()
+            .map(|n| ColumnMeta {
+                name: n.to_string(),
+                tags: Default::default(),
+            })
+            .collect(),
+    };
+    let Decision::Allowed(access) = bad.decide(&identity, &docs) else {
+        panic!("allowed")
+    };
+    let err = compile_access(
+        &access,
+        &identity,
+        TableReference::bare("docs"),
+        raw(),
+        &ctx.state(),
+    )
+    .expect_err("not a date");
+    assert!(err.contains("date_to_year"), "{err}");
+}
