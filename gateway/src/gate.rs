@@ -4,7 +4,9 @@
 //! a file, `SELECT ... INTO`, SET of engine internals), is refused with 42501.
 use std::ops::ControlFlow;
 
-use datafusion::sql::sqlparser::ast::{Query, Set, SetExpr, Statement, visit_relations};
+use datafusion::sql::sqlparser::ast::{
+    CopySource, CopyTarget, Query, Set, SetExpr, Statement, visit_relations,
+};
 
 use crate::error::QueryError;
 
@@ -27,8 +29,8 @@ const SETTABLE: &[&str] = &[
     "time zone",
 ];
 
-const HINT: &str = "Lakegate serves read-only queries: SELECT, EXPLAIN, DECLARE/FETCH/CLOSE, \
-                    SET/SHOW of session settings, BEGIN/COMMIT/ROLLBACK.";
+const HINT: &str = "Lakegate serves read-only queries: SELECT, EXPLAIN, COPY ... TO STDOUT, \
+                    DECLARE/FETCH/CLOSE, SET/SHOW of session settings, BEGIN/COMMIT/ROLLBACK.";
 
 fn refused(what: &str) -> QueryError {
     QueryError::refused(format!("permission denied: {what} is not allowed"), HINT)
@@ -68,7 +70,20 @@ pub fn check(statement: &Statement) -> Result<(), QueryError> {
         Statement::ShowVariable { .. } => Ok(()),
         Statement::Discard { .. } | Statement::Deallocate { .. } => Ok(()),
         Statement::Set(set) => check_set(set),
-        Statement::Copy { .. } => Err(refused("COPY")),
+        Statement::Copy {
+            source,
+            to: true,
+            target: CopyTarget::Stdout,
+            ..
+        } => match source {
+            CopySource::Query(q) => check_query(q),
+            CopySource::Table { .. } => Ok(()),
+        },
+        Statement::Copy { to: false, .. } => Err(refused("COPY FROM")),
+        Statement::Copy { .. } => Err(QueryError::refused(
+            "permission denied: COPY to a file or program is not allowed",
+            "Use COPY ... TO STDOUT (psql: \\copy ... to 'file'), which runs under your policy.",
+        )),
         other => {
             let verb = other
                 .to_string()

@@ -29,6 +29,7 @@ use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
 use pgwire::types::format::FormatOptions;
 
+use crate::copy::{CopyOut, copy_out};
 use crate::error::{QueryError, df_err};
 use crate::gate;
 use crate::lake::{Lake, UserSession};
@@ -158,6 +159,33 @@ async fn execute<C: ClientInfo + ?Sized>(
     Ok(Response::Query(QueryResponse::new(fields, rows)))
 }
 
+/// Runs the query behind a COPY TO STDOUT and streams it as COPY data.
+async fn execute_copy<C: ClientInfo + ?Sized>(
+    client: &C,
+    session: &UserSession,
+    copy: &CopyOut,
+) -> PgWireResult<Response> {
+    let plan = plan_statement(session, &copy.query).await?;
+    let cancel = client
+        .session_extensions()
+        .get::<Arc<ConnectionHandle>>()
+        .map(|h| (*h).clone());
+    let df = session
+        .context
+        .execute_logical_plan(plan)
+        .await
+        .map_err(df_err)?;
+    let fields = Arc::new(pgwire_fields(
+        df.schema().as_arrow(),
+        &Format::UnifiedText,
+        client,
+    )?);
+    let names = fields.iter().map(|f| f.name().to_string()).collect();
+    let batches = df.execute_stream().await.map_err(df_err)?;
+    let rows = encode_rows(fields, cancellable(batches, cancel));
+    Ok(Response::CopyOut(copy.response(names, rows)))
+}
+
 fn pgwire_fields<C: ClientInfo + ?Sized>(
     schema: &datafusion::arrow::datatypes::Schema,
     format: &Format,
@@ -278,6 +306,10 @@ impl SimpleQueryHandler for QueryHandler {
             }
             if let Some(response) = statement_tag(&statement) {
                 responses.push(response);
+                continue;
+            }
+            if let Some(copy) = copy_out(&statement)? {
+                responses.push(execute_copy(client, &session, &copy).await?);
                 continue;
             }
             // A cursor's query is planned here first, so its errors (a hidden table is 42P01)
@@ -421,6 +453,9 @@ impl ExtendedQueryHandler for QueryHandler {
         let params = arrow_pg::datatypes::df::deserialize_parameters(portal, &type_refs)?;
         if let Some(response) = statement_tag(statement) {
             return Ok(response);
+        }
+        if let Some(copy) = copy_out(statement)? {
+            return execute_copy(client, &session, &copy).await;
         }
         for hook in &self.hooks {
             if let Some(result) = hook

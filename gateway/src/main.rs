@@ -2,6 +2,7 @@
 mod auth;
 mod client_compat;
 mod config;
+mod copy;
 mod demo;
 mod error;
 mod gate;

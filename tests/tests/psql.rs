@@ -1,4 +1,5 @@
 //! The real `psql` against the gateway: meta-commands read the policy-filtered catalog.
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
@@ -88,6 +89,39 @@ fn aggregates_from_psql() {
         ],
     ));
     assert_eq!(out.trim(), "CH|250\nDE|250\nDK|250\nFR|250");
+}
+
+#[test]
+fn copy_to_a_client_file_keeps_policy() {
+    let gateway = Gateway::start();
+    let file = gateway.dir.join("hcp.csv");
+    let command = format!(
+        r"\copy (SELECT hcp_id, email, country FROM hcp ORDER BY hcp_id) to '{}' with (format csv, header)",
+        file.display()
+    );
+    let out = stdout(&psql(&gateway, "alice", &["-c", &command]));
+    assert!(out.contains("COPY 1000"), "{out}");
+    let text = std::fs::read_to_string(&file).expect("copied file");
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("hcp_id,email,country"));
+    for line in lines {
+        let cols: Vec<&str> = line.split(',').collect();
+        assert!(
+            ["DE", "FR", "DK", "CH"].contains(&cols[2]) && !cols[1].contains('@'),
+            "{line}"
+        );
+    }
+    let refused = psql(
+        &gateway,
+        "alice",
+        &["-c", "COPY hcp TO '/tmp/lakegate-should-not-exist'"],
+    );
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr)
+            .contains("COPY to a file or program is not allowed")
+    );
+    assert!(!Path::new("/tmp/lakegate-should-not-exist").exists());
 }
 
 #[test]

@@ -271,3 +271,42 @@ async fn malformed_input_closes_only_that_connection() {
         vec!["US"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn copy_to_stdout_runs_under_policy() {
+    use futures::TryStreamExt;
+    let gateway = Gateway::start();
+    let alice = gateway.connect("alice").await;
+    let copy = |sql: &'static str| {
+        let client = &alice;
+        async move {
+            let stream = client.copy_out(sql).await?;
+            let chunks: Vec<bytes::Bytes> = stream.try_collect().await?;
+            Ok::<String, tokio_postgres::Error>(
+                chunks.iter().map(|c| String::from_utf8_lossy(c)).collect(),
+            )
+        }
+    };
+    let text = copy("COPY hcp TO STDOUT").await.expect("copy hcp");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1000, "only alice's rows");
+    for line in &lines {
+        let cols: Vec<&str> = line.split('\t').collect();
+        assert_eq!(cols.len(), 5, "npi is not copied: {line}");
+        assert!(["DE", "FR", "DK", "CH"].contains(&cols[3]), "{line}");
+        assert!(!cols[2].contains('@'), "email stays hashed: {line}");
+    }
+    let csv = copy("COPY (SELECT country, count(*) AS n FROM sales GROUP BY country ORDER BY country) TO STDOUT WITH (FORMAT csv, HEADER)")
+        .await
+        .expect("copy csv");
+    assert_eq!(csv.lines().next(), Some("country,n"));
+    assert_eq!(csv.lines().count(), 5);
+    let e = copy("COPY patients TO STDOUT")
+        .await
+        .expect_err("hidden table");
+    assert_eq!(e.code().map(|c| c.code()), Some("42P01"));
+    let e = copy("COPY hcp (npi) TO STDOUT")
+        .await
+        .expect_err("hidden column");
+    assert_eq!(e.code().map(|c| c.code()), Some("42703"));
+}
