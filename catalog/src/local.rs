@@ -53,6 +53,14 @@ impl LocalCatalog {
                     table: table.name.clone(),
                     message,
                 };
+                if table.is_view()
+                    && (!table.location.is_empty() || !table.partition_keys.is_empty())
+                {
+                    return Err(invalid("a view has no location or partition keys".into()));
+                }
+                if !table.is_view() && table.location.is_empty() {
+                    return Err(invalid("a table needs a location".into()));
+                }
                 let mut seen = std::collections::BTreeSet::new();
                 for column in table.all_columns() {
                     if glue_type_to_arrow(&column.data_type).is_none() {

@@ -32,7 +32,13 @@ pub struct Table {
     #[serde(default)]
     pub description: Option<String>,
     /// A folder of data files; relative paths are resolved against the catalog file's folder.
+    /// Empty for a view.
+    #[serde(default)]
     pub location: String,
+    /// For a view (Glue's VIRTUAL_VIEW): the SQL of its body, over other catalog tables. Views
+    /// run with the rights of the user who queries them.
+    #[serde(default)]
+    pub view_sql: Option<String>,
     #[serde(default)]
     pub format: TableFormat,
     pub columns: Vec<Column>,
@@ -78,6 +84,10 @@ impl Database {
 }
 
 impl Table {
+    pub fn is_view(&self) -> bool {
+        self.view_sql.is_some()
+    }
+
     /// Data columns followed by partition keys: the order clients see.
     pub fn all_columns(&self) -> impl Iterator<Item = &Column> {
         self.columns.iter().chain(self.partition_keys.iter())

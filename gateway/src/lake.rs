@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use datafusion::catalog::view::ViewTable;
 use datafusion::catalog::{
     CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider, Session,
     TableProvider,
@@ -42,6 +43,12 @@ pub struct Lake {
 pub struct UserSession {
     pub identity: Identity,
     pub context: SessionContext,
+    /// Tables hidden because their rule does not compile (for `lakegate check`; also logged).
+    pub problems: Vec<String>,
+    /// Views hidden because their body does not plan for this user (invoker's rights).
+    pub hidden_views: Vec<String>,
+    /// How many tables and views this user may read.
+    pub granted: usize,
 }
 
 /// The visible `schema.table → columns`, answering `has_*_privilege` from policy.
@@ -60,7 +67,7 @@ impl Lake {
     ) -> Result<Lake, StartupError> {
         let mut raw = BTreeMap::new();
         for db in &catalog.catalog().databases {
-            for table in &db.tables {
+            for table in db.tables.iter().filter(|t| !t.is_view()) {
                 let provider = catalog.table_provider(&db.name, table)?;
                 raw.insert((db.name.clone(), table.name.clone()), provider);
             }
@@ -128,64 +135,98 @@ impl Lake {
     pub async fn session_for(&self, identity: Identity) -> Result<UserSession, StartupError> {
         let context = self.session_context();
         let state = context.state();
-        let catalog = MemoryCatalogProvider::new();
+        let catalog = Arc::new(MemoryCatalogProvider::new());
+        context.register_catalog(&self.config.database, catalog.clone());
         let mut visible = Visible {
             database: self.config.database.clone(),
             default_schema: self.default_schema.clone(),
             tables: BTreeMap::new(),
         };
         let mut comments = Vec::new();
+        let mut problems = Vec::new();
+        let mut hidden_views = Vec::new();
+        let mut schemas = BTreeMap::new();
         for db in &self.catalog.catalog().databases {
-            let schema = MemorySchemaProvider::new();
-            for table in &db.tables {
-                let meta = Self::table_meta(&db.name, table);
-                let Decision::Allowed(access) = self.policy.decide(&identity, &meta) else {
-                    continue;
-                };
-                let Some(raw) = self.raw.get(&(db.name.clone(), table.name.clone())) else {
-                    continue;
-                };
-                let reference = TableReference::partial(db.name.as_str(), table.name.as_str());
-                let compiled = match compile_access(
-                    &access,
-                    &identity,
-                    reference,
-                    raw.clone(),
-                    &state,
-                ) {
-                    Ok(c) => c,
+            let schema = Arc::new(MemorySchemaProvider::new());
+            let _ = catalog.register_schema(&db.name, schema.clone());
+            schemas.insert(db.name.clone(), schema);
+        }
+        // Tables first, then views in catalog order: a view's body is planned in this session,
+        // over what this user may read (invoker's rights), so it can use tables and earlier views.
+        let tables = self
+            .catalog
+            .catalog()
+            .databases
+            .iter()
+            .flat_map(|db| db.tables.iter().map(move |t| (db, t)));
+        let (views, bases): (Vec<_>, Vec<_>) = tables.partition(|(_, t)| t.is_view());
+        for (db, table) in bases.into_iter().chain(views) {
+            let meta = Self::table_meta(&db.name, table);
+            let Decision::Allowed(access) = self.policy.decide(&identity, &meta) else {
+                continue;
+            };
+            let name = format!("{}.{}", db.name, table.name);
+            let raw: Arc<dyn TableProvider> = match &table.view_sql {
+                None => match self.raw.get(&(db.name.clone(), table.name.clone())) {
+                    Some(raw) => raw.clone(),
+                    None => continue,
+                },
+                Some(sql) => match state.create_logical_plan(sql).await {
+                    Ok(plan) => Arc::new(ViewTable::new(plan, Some(sql.clone()))),
                     Err(error) => {
-                        tracing::error!(table = %format!("{}.{}", db.name, table.name), rule = %access.rule,
-                            location = %access.rule_location, %error, "policy does not compile; table hidden");
+                        // Usually a table underneath that this user may not read.
+                        let error = error.strip_backtrace();
+                        tracing::debug!(view = %name, user = %identity.name, %error, "view hidden: its body does not plan for this user");
+                        hidden_views.push(format!("{name}: {error}"));
                         continue;
                     }
-                };
-                let columns: Vec<String> = access.columns.iter().map(|c| c.name.clone()).collect();
-                comments.extend(pg_compat::comments_of(&db.name, table, &columns));
-                let view = PolicyView::new(
-                    format!("{}.{}", db.name, table.name),
-                    access.rule.clone(),
-                    compiled,
-                );
-                if schema
+                },
+            };
+            let reference = TableReference::partial(db.name.as_str(), table.name.as_str());
+            let compiled = match compile_access(&access, &identity, reference, raw, &state) {
+                Ok(c) => c,
+                Err(error) => {
+                    tracing::error!(table = %name, rule = %access.rule, location = %access.rule_location, %error,
+                        "policy does not compile; table hidden");
+                    problems.push(format!(
+                        "{}: rule \"{}\" for {name} (user {}): {error}",
+                        access.rule_location, access.rule, identity.name
+                    ));
+                    continue;
+                }
+            };
+            let columns: Vec<String> = access.columns.iter().map(|c| c.name.clone()).collect();
+            comments.extend(pg_compat::comments_of(&db.name, table, &columns));
+            let mut view = PolicyView::new(name, access.rule.clone(), compiled);
+            if table.is_view() {
+                view = view.as_view();
+            }
+            if let Some(schema) = schemas.get(&db.name)
+                && schema
                     .register_table(table.name.clone(), Arc::new(view))
                     .is_ok()
-                {
-                    visible
-                        .tables
-                        .insert((db.name.clone(), table.name.clone()), columns);
-                }
-            }
-            if !schema.table_names().is_empty() {
-                let _ = catalog.register_schema(&db.name, Arc::new(schema));
+            {
+                visible
+                    .tables
+                    .insert((db.name.clone(), table.name.clone()), columns);
             }
         }
-        context.register_catalog(&self.config.database, Arc::new(catalog));
+        for (name, schema) in &schemas {
+            if schema.table_names().is_empty() {
+                let _ = catalog.deregister_schema(name, false);
+            }
+        }
         pg_compat::install(&context, &visible, comments)
             .await
             .map_err(|e| StartupError::Other(format!("pg_catalog setup: {e}")))?;
         pg_compat::set_user(&context, &identity.name);
-        Ok(UserSession { identity, context })
+        Ok(UserSession {
+            identity,
+            context,
+            problems,
+            hidden_views,
+            granted: visible.tables.len(),
+        })
     }
 }
 

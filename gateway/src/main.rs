@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use lakegate_catalog::LocalCatalog;
-use lakegate_policy::{Decision, PolicySet, PolicySource, compile_access};
+use lakegate_policy::{PolicySet, PolicySource};
 use tokio::net::TcpListener;
 
 use crate::config::Config;
@@ -202,36 +202,21 @@ async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Startup
         .map_err(|source| StartupError::Listen { addr, source })
 }
 
-/// Compiles every granted table for every configured user, so a rule that does not compile
-/// fails here, not as a silently hidden table at run time.
+/// Builds every configured user's session, so a rule that does not compile fails here, not
+/// as a silently hidden table at run time.
 async fn check(config_path: &Path) -> Result<(), StartupError> {
     let lake = load_lake(config_path)?;
-    let ctx = datafusion::prelude::SessionContext::new();
-    let state = ctx.state();
     let mut problems = Vec::new();
     let mut granted = 0;
     for user in &lake.config.users {
         let Some(identity) = lake.identity_of(&user.name) else {
             continue;
         };
-        for db in &lake.catalog.catalog().databases {
-            for table in &db.tables {
-                let meta = Lake::table_meta(&db.name, table);
-                if let Decision::Allowed(access) = lake.policy.decide(&identity, &meta) {
-                    granted += 1;
-                    let raw = lake.catalog.table_provider(&db.name, table)?;
-                    let reference = datafusion::common::TableReference::partial(
-                        db.name.as_str(),
-                        table.name.as_str(),
-                    );
-                    if let Err(e) = compile_access(&access, &identity, reference, raw, &state) {
-                        problems.push(format!(
-                            "{}: rule \"{}\" for {}.{} (user {}): {e}",
-                            access.rule_location, access.rule, db.name, table.name, user.name
-                        ));
-                    }
-                }
-            }
+        let session = lake.session_for(identity).await?;
+        granted += session.granted;
+        problems.extend(session.problems);
+        for view in session.hidden_views {
+            println!("note: user {}: view {view}", user.name);
         }
     }
     if problems.is_empty() {

@@ -82,6 +82,12 @@ pub async fn install(
     );
     ctx.register_udf(constant_text("version", version));
     ctx.register_udf(size_pretty_udf());
+    // View bodies are catalog metadata users may not be entitled to (they name tables the
+    // user may not see in other contexts): psql shows no definition rather than the SQL.
+    ctx.register_udf(ScalarUDF::from(NullText {
+        name: "pg_get_viewdef".to_string(),
+        signature: Signature::variadic_any(Volatility::Stable),
+    }));
     // Lakegate's tables are not stored by this server: PostgreSQL's size functions answer 0.
     for name in ["pg_table_size", "pg_indexes_size"] {
         ctx.register_udf(create_udf(
@@ -173,6 +179,30 @@ fn constant_text(name: &str, value: String) -> ScalarUDF {
             ))
         }),
     )
+}
+
+/// A function that answers NULL text whatever its arguments.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct NullText {
+    name: String,
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for NullText {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _arg_types: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Utf8)
+    }
+    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        Ok(ColumnarValue::Scalar(
+            datafusion::scalar::ScalarValue::Utf8(None),
+        ))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -26,6 +26,8 @@ use crate::resolve::TableAccess;
 #[derive(Debug, Clone)]
 pub struct CompiledAccess {
     pub plan: LogicalPlan,
+    /// The provider `plan` reads: the only scan allowed under the policy barrier.
+    pub raw: Arc<dyn TableProvider>,
 }
 
 /// Replaces `${user.name}`, `${user.groups}` and `${user.<attribute>}` outside quotes with
@@ -192,7 +194,7 @@ pub fn compile_access(
 ) -> Result<CompiledAccess, String> {
     let raw_schema = raw.schema();
     let df_schema = DFSchema::try_from(raw_schema.as_ref().clone()).map_err(|e| e.to_string())?;
-    let mut builder = LogicalPlanBuilder::scan(table, provider_as_source(raw), None)
+    let mut builder = LogicalPlanBuilder::scan(table, provider_as_source(raw.clone()), None)
         .map_err(|e| e.strip_backtrace().to_string())?;
     if let Some(filter) = &access.row_filter {
         let predicate = policy_expr(filter, identity, &df_schema, state)?;
@@ -230,5 +232,5 @@ pub fn compile_access(
         .project(projection)
         .and_then(|b| b.build())
         .map_err(|e| e.strip_backtrace().to_string())?;
-    Ok(CompiledAccess { plan })
+    Ok(CompiledAccess { plan, raw })
 }

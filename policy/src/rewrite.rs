@@ -46,6 +46,9 @@ pub struct PolicyView {
     rule: String,
     schema: SchemaRef,
     enforced: LogicalPlan,
+    /// The one provider the enforced plan may scan directly.
+    raw: Arc<dyn TableProvider>,
+    table_type: TableType,
 }
 
 impl PolicyView {
@@ -56,7 +59,15 @@ impl PolicyView {
             rule: rule.into(),
             schema,
             enforced: access.plan,
+            raw: access.raw,
+            table_type: TableType::Base,
         }
+    }
+
+    /// Shown to catalogs as a view (`pg_class.relkind = 'v'`) rather than a table.
+    pub fn as_view(mut self) -> Self {
+        self.table_type = TableType::View;
+        self
     }
 
     /// The policy rule that granted this view, for audit and logs.
@@ -72,7 +83,7 @@ impl TableProvider for PolicyView {
     }
 
     fn table_type(&self) -> TableType {
-        TableType::Base
+        self.table_type
     }
 
     fn supports_filters_pushdown(
@@ -180,51 +191,75 @@ impl AnalyzerRule for EnforcePolicy {
     }
 
     fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> Result<LogicalPlan> {
-        plan.transform_down_with_subqueries(|node| {
-            if let LogicalPlan::Extension(ext) = &node
-                && ext.node.as_any().is::<PolicyBarrier>()
-            {
-                return Ok(Transformed::new(node, false, TreeNodeRecursion::Jump));
-            }
-            let LogicalPlan::TableScan(scan) = &node else {
-                return Ok(Transformed::no(node));
-            };
-            let provider = source_as_provider(&scan.source)?;
-            if let Some(view) = provider.downcast_ref::<PolicyView>() {
-                if scan.projection.is_some() || !scan.filters.is_empty() || scan.fetch.is_some() {
-                    // Only the SQL planner creates these scans, bare; anything else is a bug.
-                    return Err(DataFusionError::Internal(format!(
-                        "unexpected pushed-down scan of {}",
-                        view.table
-                    )));
-                }
-                let barrier = LogicalPlan::Extension(Extension {
-                    node: Arc::new(PolicyBarrier {
-                        table: view.table.clone(),
-                        input: view.enforced.clone(),
-                    }),
-                });
-                let aliased = SubqueryAlias::try_new(Arc::new(barrier), scan.table_name.clone())?;
-                return Ok(Transformed::new(
-                    LogicalPlan::SubqueryAlias(aliased),
-                    true,
-                    TreeNodeRecursion::Jump,
-                ));
-            }
-            let system = matches!(
-                scan.table_name.schema(),
-                Some("pg_catalog") | Some("information_schema")
-            );
-            let table_function = scan.table_name.schema().is_none()
-                && provider.downcast_ref::<ListingTable>().is_none();
-            if system || table_function {
-                Ok(Transformed::no(node))
-            } else {
-                plan_err!("relation \"{}\" does not exist", scan.table_name)
-            }
-        })
-        .map(|t| t.data)
+        enforce(plan, None)
     }
+}
+
+/// Rewrites every scan of `plan`: policy views become barriers over their enforced plans,
+/// views (catalog views, planned in the user's session) are inlined and rewritten in turn, and
+/// any other scan is refused unless it is a catalog table or a table function. Inside a
+/// barrier (`own_raw`), the view's own raw table is the one scan allowed through.
+///
+/// Views are inlined here rather than by DataFusion's `InlineTableScan`, which runs after this
+/// rule and would expose a view body's scans unrewritten.
+fn enforce(plan: LogicalPlan, own_raw: Option<&Arc<dyn TableProvider>>) -> Result<LogicalPlan> {
+    plan.transform_down_with_subqueries(|node| {
+        if let LogicalPlan::Extension(ext) = &node
+            && ext.node.as_any().is::<PolicyBarrier>()
+        {
+            return Ok(Transformed::new(node, false, TreeNodeRecursion::Jump));
+        }
+        let LogicalPlan::TableScan(scan) = &node else {
+            return Ok(Transformed::no(node));
+        };
+        let provider = source_as_provider(&scan.source)?;
+        // A view (even a policy view's own input) is inlined and rewritten first.
+        if let Some(body) = scan.source.get_logical_plan() {
+            let body = enforce(body.into_owned(), None)?;
+            let aliased = SubqueryAlias::try_new(Arc::new(body), scan.table_name.clone())?;
+            return Ok(Transformed::new(
+                LogicalPlan::SubqueryAlias(aliased),
+                true,
+                TreeNodeRecursion::Jump,
+            ));
+        }
+        if own_raw.is_some_and(|raw| Arc::ptr_eq(raw, &provider)) {
+            return Ok(Transformed::new(node, false, TreeNodeRecursion::Jump));
+        }
+        if scan.projection.is_some() || !scan.filters.is_empty() || scan.fetch.is_some() {
+            // The analyzer sees scans as the SQL planner made them, bare; anything else is a bug.
+            return Err(DataFusionError::Internal(format!(
+                "unexpected pushed-down scan of {}",
+                scan.table_name
+            )));
+        }
+        if let Some(view) = provider.downcast_ref::<PolicyView>() {
+            let barrier = LogicalPlan::Extension(Extension {
+                node: Arc::new(PolicyBarrier {
+                    table: view.table.clone(),
+                    input: enforce(view.enforced.clone(), Some(&view.raw))?,
+                }),
+            });
+            let aliased = SubqueryAlias::try_new(Arc::new(barrier), scan.table_name.clone())?;
+            return Ok(Transformed::new(
+                LogicalPlan::SubqueryAlias(aliased),
+                true,
+                TreeNodeRecursion::Jump,
+            ));
+        }
+        let system = matches!(
+            scan.table_name.schema(),
+            Some("pg_catalog") | Some("information_schema")
+        );
+        let table_function =
+            scan.table_name.schema().is_none() && provider.downcast_ref::<ListingTable>().is_none();
+        if system || table_function {
+            Ok(Transformed::no(node))
+        } else {
+            plan_err!("relation \"{}\" does not exist", scan.table_name)
+        }
+    })
+    .map(|t| t.data)
 }
 
 /// Physical form of the barrier: passes batches through, accepts no pushed-down filters.

@@ -65,6 +65,15 @@ pub struct Gateway {
 impl Gateway {
     /// Starts the quickstart configuration on 127.0.0.1:0 with its own certificate folder.
     pub fn start() -> Gateway {
+        Self::start_inner(None)
+    }
+
+    /// The quickstart's catalog and users with another policy (one YAML file's text).
+    pub fn start_with_policy(policy: &str) -> Gateway {
+        Self::start_inner(Some(policy))
+    }
+
+    fn start_inner(policy: Option<&str>) -> Gateway {
         DEMO_DATA.call_once(|| {
             let status = Command::new(binary())
                 .args(["generate-demo", "--dir"])
@@ -80,6 +89,15 @@ impl Gateway {
         ));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let qs = quickstart().canonicalize().expect("quickstart folder");
+        let policy_dir = match policy {
+            Some(text) => {
+                let dir = dir.join("policy");
+                std::fs::create_dir_all(&dir).expect("policy dir");
+                std::fs::write(dir.join("policy.yaml"), text).expect("policy file");
+                dir
+            }
+            None => qs.join("policy"),
+        };
         let text = std::fs::read_to_string(qs.join("lakegate.yaml")).expect("quickstart config");
         let config = text
             .replace(
@@ -88,7 +106,7 @@ impl Gateway {
             )
             .replace(
                 "policy: policy",
-                &format!("policy: {}", qs.join("policy").display()),
+                &format!("policy: {}", policy_dir.display()),
             )
             .replace(
                 "cert: certs/server.crt",

@@ -36,7 +36,7 @@ fn quickstart_policy_checks_clean() {
     let (ok, text) = check(&quickstart().join("lakegate.yaml"));
     assert!(ok, "{text}");
     assert!(
-        text.contains("ok: 5 rule(s), 4 user(s), 7 grant(s) compiled"),
+        text.contains("ok: 5 rule(s), 4 user(s), 10 grant(s) compiled"),
         "{text}"
     );
 }

@@ -310,3 +310,27 @@ async fn copy_to_stdout_runs_under_policy() {
         .expect_err("hidden column");
     assert_eq!(e.code().map(|c| c.code()), Some("42703"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_view_needs_its_tables_too() {
+    // eu-sales may read the view but not the table under it: views run with the rights of the
+    // user who queries them, so the view is hidden like a table the user may not read.
+    let gateway = Gateway::start_with_policy(
+        "rules:\n  - name: view-only\n    principals: { groups: [eu-sales] }\n    tables: [gtm.sales_by_country]\n",
+    );
+    let alice = gateway.connect("alice").await;
+    assert_eq!(
+        sqlstate(rows(&alice, "SELECT * FROM sales_by_country").await),
+        "42P01"
+    );
+    assert_eq!(sqlstate(rows(&alice, "SELECT * FROM sales").await), "42P01");
+    assert_eq!(
+        rows(
+            &alice,
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'gtm'"
+        )
+        .await
+        .expect("catalog"),
+        vec!["0"]
+    );
+}
