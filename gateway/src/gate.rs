@@ -41,9 +41,20 @@ pub fn check(statement: &Statement) -> Result<(), QueryError> {
     match statement {
         Statement::Query(q) => check_query(q),
         Statement::Explain {
-            analyze, statement, ..
+            analyze,
+            statement,
+            options,
+            ..
         } => {
-            if *analyze {
+            // `EXPLAIN (ANALYZE [true])` as well as `EXPLAIN ANALYZE`
+            let analyze_option = options.iter().flatten().any(|o| {
+                o.name.value.eq_ignore_ascii_case("analyze")
+                    && !o.arg.as_ref().is_some_and(|a| {
+                        let a = a.to_string().to_ascii_lowercase();
+                        a == "false" || a == "off" || a == "0"
+                    })
+            });
+            if *analyze || analyze_option {
                 return Err(QueryError::refused(
                     "permission denied: EXPLAIN ANALYZE is not allowed",
                     "It would reveal row counts of data policy filters; use EXPLAIN.",
