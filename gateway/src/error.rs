@@ -44,6 +44,8 @@ pub enum QueryError {
     Unsupported(String),
     #[error("canceling statement due to user request")]
     Cancelled,
+    #[error("canceling statement due to statement timeout")]
+    StatementTimeout,
     #[error("{0}")]
     Execution(String),
     #[error("internal error; the gateway log has details")]
@@ -58,7 +60,7 @@ impl QueryError {
             QueryError::UndefinedColumn(_) => "42703",
             QueryError::Syntax(_) => "42601",
             QueryError::Unsupported(_) => "0A000",
-            QueryError::Cancelled => "57014",
+            QueryError::Cancelled | QueryError::StatementTimeout => "57014",
             QueryError::Execution(_) => "22000",
             QueryError::Internal => "XX000",
         }

@@ -155,7 +155,10 @@ async fn execute<C: ClientInfo + ?Sized>(
         .map_err(df_err)?;
     let fields = Arc::new(pgwire_fields(df.schema().as_arrow(), format, client)?);
     let batches = df.execute_stream().await.map_err(df_err)?;
-    let rows = encode_rows(fields.clone(), cancellable(batches, cancel));
+    let rows = encode_rows(
+        fields.clone(),
+        cancellable(batches, cancel, statement_deadline(client)),
+    );
     Ok(Response::Query(QueryResponse::new(fields, rows)))
 }
 
@@ -182,7 +185,10 @@ async fn execute_copy<C: ClientInfo + ?Sized>(
     )?);
     let names = fields.iter().map(|f| f.name().to_string()).collect();
     let batches = df.execute_stream().await.map_err(df_err)?;
-    let rows = encode_rows(fields, cancellable(batches, cancel));
+    let rows = encode_rows(
+        fields,
+        cancellable(batches, cancel, statement_deadline(client)),
+    );
     Ok(Response::CopyOut(copy.response(names, rows)))
 }
 
@@ -211,49 +217,78 @@ fn encode_rows(
         .flat_map(stream::iter)
 }
 
-/// Batches until the end, an error, or a cancel request (then one 57014 and the end).
+/// When the statement must end, from `SET statement_timeout` (kept in the client's metadata
+/// by datafusion-postgres's SET hook, in milliseconds; 0 or unset means no limit).
+fn statement_deadline<C: ClientInfo + ?Sized>(client: &C) -> Option<tokio::time::Instant> {
+    let ms: u64 = client
+        .metadata()
+        .get("statement_timeout_ms")?
+        .parse()
+        .ok()?;
+    (ms > 0).then(|| tokio::time::Instant::now() + std::time::Duration::from_millis(ms))
+}
+
+/// Batches until the end, an error, a cancel request or the statement timeout (then one
+/// 57014 and the end).
 fn cancellable(
     batches: SendableRecordBatchStream,
     handle: Option<Arc<ConnectionHandle>>,
+    deadline: Option<tokio::time::Instant>,
 ) -> impl futures::Stream<Item = Result<RecordBatch, QueryError>> + Send + 'static {
     // The cancel slot is claimed on the first poll: pgwire polls rows only after `do_query`
     // returned, when its own watch on the slot has ended.
     let start = (batches, handle, None, false);
-    stream::unfold(start, |(mut batches, handle, cancel, done)| async move {
-        if done {
-            return None;
-        }
-        let mut cancel = match (cancel, handle) {
-            (Some(rx), _) => Some(rx),
-            (None, Some(handle)) => Some(handle.start_query().await),
-            (None, None) => None,
-        };
-        loop {
-            match cancel.as_mut() {
-                Some(rx) => {
-                    tokio::select! {
-                        signal = rx => match signal {
-                            Ok(()) => return Some((Err(QueryError::Cancelled), (batches, None, None, true))),
-                            // a later statement replaced this one's cancel slot: keep streaming
-                            Err(_) => cancel = None,
-                        },
-                        item = batches.next() => {
-                            return item.map(|r| {
-                                let failed = r.is_err();
-                                (r.map_err(QueryError::from), (batches, None, cancel, failed))
-                            });
+    stream::unfold(
+        start,
+        move |(mut batches, handle, cancel, done)| async move {
+            if done {
+                return None;
+            }
+            let mut cancel = match (cancel, handle) {
+                (Some(rx), _) => Some(rx),
+                (None, Some(handle)) => Some(handle.start_query().await),
+                (None, None) => None,
+            };
+            let timeout = async move {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::pin!(timeout);
+            loop {
+                match cancel.as_mut() {
+                    Some(rx) => {
+                        tokio::select! {
+                            _ = &mut timeout => return Some((Err(QueryError::StatementTimeout), (batches, None, None, true))),
+                            signal = rx => match signal {
+                                Ok(()) => return Some((Err(QueryError::Cancelled), (batches, None, None, true))),
+                                // a later statement replaced this one's cancel slot: keep streaming
+                                Err(_) => cancel = None,
+                            },
+                            item = batches.next() => {
+                                return item.map(|r| {
+                                    let failed = r.is_err();
+                                    (r.map_err(QueryError::from), (batches, None, cancel, failed))
+                                });
+                            }
+                        }
+                    }
+                    None => {
+                        tokio::select! {
+                            _ = &mut timeout => return Some((Err(QueryError::StatementTimeout), (batches, None, None, true))),
+                            item = batches.next() => {
+                                return item.map(|r| {
+                                    let failed = r.is_err();
+                                    (r.map_err(QueryError::from), (batches, None, None, failed))
+                                });
+                            }
                         }
                     }
                 }
-                None => {
-                    return batches.next().await.map(|r| {
-                        let failed = r.is_err();
-                        (r.map_err(QueryError::from), (batches, None, None, failed))
-                    });
-                }
             }
-        }
-    })
+        },
+    )
 }
 
 /// Statements Lakegate answers itself, before the hooks.

@@ -334,3 +334,39 @@ async fn a_view_needs_its_tables_too() {
         vec!["0"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn statement_timeout_stops_long_queries() {
+    let gateway = Gateway::start();
+    let carol = gateway.connect("carol").await;
+    carol
+        .batch_execute("SET statement_timeout = '300ms'")
+        .await
+        .expect("set");
+    let started = std::time::Instant::now();
+    let result = carol
+        .simple_query("SELECT count(*) FROM sales a, sales b, hcp c")
+        .await;
+    let error = result.map(|_| ()).expect_err("times out");
+    assert_eq!(error.code().map(|c| c.code()), Some("57014"));
+    assert!(
+        error
+            .as_db_error()
+            .is_some_and(|e| e.message().contains("statement timeout")),
+        "{error}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the timeout ended the query"
+    );
+    carol
+        .batch_execute("SET statement_timeout = 0")
+        .await
+        .expect("reset");
+    assert_eq!(
+        rows(&carol, "SELECT count(*) FROM patients")
+            .await
+            .expect("no limit"),
+        vec!["3000"]
+    );
+}
