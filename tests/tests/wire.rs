@@ -370,3 +370,26 @@ async fn statement_timeout_stops_long_queries() {
         vec!["3000"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hidden_objects_read_exactly_like_missing_ones() {
+    let gateway = Gateway::start();
+    let alice = gateway.connect("alice").await;
+    let message = |r: Result<Vec<String>, tokio_postgres::Error>| {
+        let e = r.expect_err("must fail");
+        let db = e.as_db_error().expect("server error");
+        (db.code().code().to_string(), db.message().to_string())
+    };
+    let hidden = message(rows(&alice, "SELECT * FROM patients").await);
+    let missing = message(rows(&alice, "SELECT * FROM patientz").await);
+    assert_eq!(hidden.0, "42P01");
+    assert_eq!(
+        hidden,
+        (missing.0.clone(), missing.1.replace("patientz", "patients"))
+    );
+
+    let hidden = message(rows(&alice, "SELECT npi FROM hcp").await);
+    let missing = message(rows(&alice, "SELECT npx FROM hcp").await);
+    assert_eq!(hidden.0, "42703");
+    assert_eq!(hidden, (missing.0.clone(), missing.1.replace("npx", "npi")));
+}
