@@ -29,6 +29,7 @@ use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
 use pgwire::types::format::FormatOptions;
 
+use crate::column_names;
 use crate::copy::{CopyOut, copy_out};
 use crate::error::{QueryError, df_err};
 use crate::gate;
@@ -141,6 +142,7 @@ fn format_options<C: ClientInfo + ?Sized>(client: &C) -> Arc<FormatOptions> {
 async fn execute<C: ClientInfo + ?Sized>(
     client: &C,
     session: &UserSession,
+    statement: &Statement,
     plan: LogicalPlan,
     format: &Format,
 ) -> PgWireResult<Response> {
@@ -153,7 +155,8 @@ async fn execute<C: ClientInfo + ?Sized>(
         .execute_logical_plan(plan)
         .await
         .map_err(df_err)?;
-    let fields = Arc::new(pgwire_fields(df.schema().as_arrow(), format, client)?);
+    let schema = column_names::postgres_schema(statement, df.schema().as_arrow());
+    let fields = Arc::new(pgwire_fields(&schema, format, client)?);
     let batches = df.execute_stream().await.map_err(df_err)?;
     let rows = encode_rows(
         fields.clone(),
@@ -366,7 +369,8 @@ impl SimpleQueryHandler for QueryHandler {
                 }
             }
             let plan = plan_statement(&session, &statement).await?;
-            responses.push(execute(client, &session, plan, &Format::UnifiedText).await?);
+            responses
+                .push(execute(client, &session, &statement, plan, &Format::UnifiedText).await?);
         }
         Ok(responses)
     }
@@ -431,8 +435,8 @@ impl QueryParser for LakeParser {
         column_format: Option<&Format>,
     ) -> PgWireResult<Vec<FieldInfo>> {
         match stmt {
-            (_, Some((_, plan))) => arrow_pg::datatypes::arrow_schema_to_pg_fields(
-                plan.schema().as_arrow(),
+            (_, Some((statement, plan))) => arrow_pg::datatypes::arrow_schema_to_pg_fields(
+                &column_names::postgres_schema(statement, plan.schema().as_arrow()),
                 column_format.unwrap_or(&Format::UnifiedText),
                 None,
             ),
@@ -504,6 +508,13 @@ impl ExtendedQueryHandler for QueryHandler {
             .clone()
             .replace_params_with_values(&params)
             .map_err(df_err)?;
-        execute(client, &session, plan, &portal.result_column_format).await
+        execute(
+            client,
+            &session,
+            statement,
+            plan,
+            &portal.result_column_format,
+        )
+        .await
     }
 }

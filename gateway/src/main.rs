@@ -1,6 +1,7 @@
 //! `lakegate`: the gateway binary.
 mod auth;
 mod client_compat;
+mod column_names;
 mod config;
 mod copy;
 mod demo;

@@ -393,3 +393,23 @@ async fn hidden_objects_read_exactly_like_missing_ones() {
     assert_eq!(hidden.0, "42703");
     assert_eq!(hidden, (missing.0.clone(), missing.1.replace("npx", "npi")));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn output_columns_are_named_like_postgres() {
+    let gateway = Gateway::start();
+    let alice = gateway.connect("alice").await;
+    let sql = "SELECT count(*), min(h.country), h.hcp_id, 1 + 1, sum(units) AS total FROM hcp h JOIN sales s ON h.hcp_id = s.hcp_id GROUP BY h.hcp_id";
+    // extended protocol: the names come from Describe
+    let statement = alice.prepare(sql).await.expect("prepare");
+    let names: Vec<&str> = statement.columns().iter().map(|c| c.name()).collect();
+    assert_eq!(names, ["count", "min", "hcp_id", "?column?", "total"]);
+    // simple protocol: the names come with the rows
+    let messages = alice.simple_query(sql).await.expect("query");
+    let columns = messages.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::RowDescription(columns) => Some(columns.clone()),
+        _ => None,
+    });
+    let columns = columns.expect("row description");
+    let names: Vec<&str> = columns.iter().map(|c| c.name()).collect();
+    assert_eq!(names, ["count", "min", "hcp_id", "?column?", "total"]);
+}
