@@ -38,6 +38,8 @@ pub enum QueryError {
     UndefinedTable(String),
     #[error("column \"{0}\" does not exist")]
     UndefinedColumn(String),
+    #[error("{0}")]
+    UndefinedFunction(String),
     #[error("syntax error: {0}")]
     Syntax(String),
     #[error("{0}")]
@@ -58,6 +60,7 @@ impl QueryError {
             QueryError::Refused { .. } => "42501",
             QueryError::UndefinedTable(_) => "42P01",
             QueryError::UndefinedColumn(_) => "42703",
+            QueryError::UndefinedFunction(_) => "42883",
             QueryError::Syntax(_) => "42601",
             QueryError::Unsupported(_) => "0A000",
             QueryError::Cancelled | QueryError::StatementTimeout => "57014",
@@ -132,6 +135,13 @@ fn plan_error(msg: &str) -> QueryError {
         && let Some(name) = rest.strip_suffix("\" does not exist")
     {
         return QueryError::UndefinedTable(name.to_string());
+    }
+    // "Invalid function 'x'." / "table function 'x' not found"
+    if msg.starts_with("Invalid function")
+        || (msg.starts_with("table function '") && msg.ends_with("not found"))
+    {
+        let first = msg.lines().next().unwrap_or(msg);
+        return QueryError::UndefinedFunction(first.to_string());
     }
     QueryError::Execution(msg.to_string())
 }

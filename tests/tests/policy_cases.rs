@@ -124,7 +124,16 @@ async fn policy_cases() {
             clients.insert(case.user.clone(), gateway.connect(&case.user).await);
         }
         let client = &clients[&case.user];
+        let started = std::time::Instant::now();
         let result = rows(client, &case.sql).await;
+        if started.elapsed() > std::time::Duration::from_secs(1) {
+            eprintln!(
+                "slow case {}:{} took {:?}",
+                case.file,
+                case.line,
+                started.elapsed()
+            );
+        }
         let outcome = match (&case.expect, result) {
             (Expect::Rows(want), Ok(got)) if *want == got => None,
             (Expect::Count(n), Ok(got)) if got.len() == *n => None,
