@@ -248,14 +248,20 @@ impl QueryPlanner for PolicyQueryPlanner {
 }
 
 impl Visible {
-    /// Resolves `table` or `schema.table` (optionally quoted) against the visible tables.
+    /// Resolves `table`, `schema.table` or `db.schema.table` as PostgreSQL reads a name given
+    /// as text: unquoted parts fold to lower case, quoted parts keep theirs.
     pub fn table(&self, name: &str) -> Option<&Vec<String>> {
         let parts: Vec<String> = name
             .split('.')
-            .map(|p| p.trim_matches('"').to_string())
+            .map(
+                |p| match p.strip_prefix('"').and_then(|p| p.strip_suffix('"')) {
+                    Some(quoted) => quoted.to_string(),
+                    None => p.to_lowercase(),
+                },
+            )
             .collect();
         let key = match parts.as_slice() {
-            [t] => (self.default_schema.clone(), t.to_lowercase()),
+            [t] => (self.default_schema.clone(), t.clone()),
             [s, t] => (s.clone(), t.clone()),
             [d, s, t] if *d == self.database => (s.clone(), t.clone()),
             _ => return None,
