@@ -40,6 +40,8 @@ pub enum QueryError {
     UndefinedColumn(String),
     #[error("{0}")]
     UndefinedFunction(String),
+    #[error("cursor \"{0}\" does not exist")]
+    UndefinedCursor(String),
     #[error("syntax error: {0}")]
     Syntax(String),
     #[error("{0}")]
@@ -61,6 +63,7 @@ impl QueryError {
             QueryError::UndefinedTable(_) => "42P01",
             QueryError::UndefinedColumn(_) => "42703",
             QueryError::UndefinedFunction(_) => "42883",
+            QueryError::UndefinedCursor(_) => "34000",
             QueryError::Syntax(_) => "42601",
             QueryError::Unsupported(_) => "0A000",
             QueryError::Cancelled | QueryError::StatementTimeout => "57014",

@@ -80,6 +80,7 @@ pub fn check(statement: &Statement) -> Result<(), QueryError> {
         | Statement::Rollback { .. } => Ok(()),
         Statement::ShowVariable { .. } => Ok(()),
         Statement::Discard { .. } | Statement::Deallocate { .. } => Ok(()),
+        Statement::Savepoint { .. } | Statement::ReleaseSavepoint { .. } => Ok(()),
         Statement::Set(set) => check_set(set),
         Statement::Copy {
             source,

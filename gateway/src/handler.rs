@@ -8,21 +8,22 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::common::{DFSchema, DFSchemaRef};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::context::SQLOptions;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::sql::parser::Statement as DfStatementWrapper;
-use datafusion::sql::sqlparser::ast::Statement;
+use datafusion::sql::sqlparser::ast::{CloseCursor, Statement};
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use datafusion_postgres::QueryHook;
-use datafusion_postgres::hooks::cursor::CursorStatementHook;
+use datafusion_postgres::hooks::HookClient;
 use datafusion_postgres::hooks::set_show::SetShowHook;
 use datafusion_postgres::hooks::transactions::TransactionStatementHook;
 use futures::{Sink, StreamExt, stream};
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::results::{FieldInfo, QueryResponse, Response, Tag};
-use pgwire::api::stmt::QueryParser;
+use pgwire::api::stmt::{QueryParser, StoredStatement};
 use pgwire::api::store::PortalStore;
 use pgwire::api::{ClientInfo, ClientPortalStore, ConnectionHandle, Type};
 use pgwire::error::{PgWireError, PgWireResult};
@@ -31,6 +32,7 @@ use pgwire::types::format::FormatOptions;
 
 use crate::column_names;
 use crate::copy::{CopyOut, copy_out};
+use crate::cursor::{self, Cursors};
 use crate::error::{QueryError, df_err};
 use crate::gate;
 use crate::lake::{Lake, UserSession};
@@ -54,11 +56,7 @@ impl QueryHandler {
                 sql_parser: PostgresCompatibilityParser::new(),
             }),
             lake,
-            hooks: vec![
-                Arc::new(CursorStatementHook),
-                Arc::new(SetShowHook),
-                Arc::new(TransactionStatementHook),
-            ],
+            hooks: vec![Arc::new(SetShowHook), Arc::new(TransactionStatementHook)],
         }
     }
 }
@@ -88,6 +86,119 @@ async fn user_session<C: ClientInfo + ?Sized>(
         .session_extensions()
         .get::<UserSession>()
         .ok_or_else(|| QueryError::Internal.into())
+}
+
+/// Row shapes of this connection's cursors, recorded when a DECLARE is planned, so a FETCH in
+/// the extended protocol can be described before it runs.
+#[derive(Default)]
+struct CursorShapes(std::sync::Mutex<HashMap<String, DFSchemaRef>>);
+
+/// Plans each cursor's query (so its errors read as the query's own: a hidden table is 42P01)
+/// and records its row shape. The cursor hook plans it again to stream it.
+async fn declare_cursors<C: ClientInfo + ?Sized>(
+    client: &C,
+    session: &UserSession,
+    declares: &[datafusion::sql::sqlparser::ast::Declare],
+) -> Result<(), QueryError> {
+    let shapes = client
+        .session_extensions()
+        .get_or_insert_with(CursorShapes::default);
+    for declare in declares {
+        if let Some(query) = &declare.for_query {
+            let plan = plan_statement(session, &Statement::Query(query.clone())).await?;
+            let statement = Statement::Query(query.clone());
+            let named = column_names::postgres_schema(&statement, plan.schema().as_arrow());
+            // PostgreSQL allows equal column names, a DFSchema does not: keep DataFusion's then.
+            let shape = DFSchema::try_from(named)
+                .map(Arc::new)
+                .unwrap_or_else(|_| plan.schema().clone());
+            if let (Some(name), Ok(mut map)) = (declare.names.first(), shapes.0.lock()) {
+                map.insert(name.value.clone(), shape);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// DECLARE: each cursor's query is planned under policy and its batch stream kept for FETCH.
+/// A portal named like the cursor, carrying its plan, answers drivers that describe the cursor
+/// (psycopg); it is never executed.
+async fn open_cursors(
+    client: &mut dyn HookClient,
+    session: &UserSession,
+    declares: &[datafusion::sql::sqlparser::ast::Declare],
+) -> PgWireResult<Response> {
+    declare_cursors(&*client, session, declares).await?;
+    let cursors = client
+        .session_extensions()
+        .get_or_insert_with(Cursors::default);
+    for declare in declares {
+        let (Some(name), Some(query)) = (declare.names.first(), &declare.for_query) else {
+            return Err(
+                QueryError::Syntax("DECLARE needs a cursor name and a query".into()).into(),
+            );
+        };
+        let statement = Statement::Query(query.clone());
+        let plan = plan_statement(session, &statement).await?;
+        let df = session
+            .context
+            .execute_logical_plan(plan.clone())
+            .await
+            .map_err(df_err)?;
+        let schema = Arc::new(column_names::postgres_schema(
+            &statement,
+            df.schema().as_arrow(),
+        ));
+        let batches = df.execute_stream().await.map_err(df_err)?;
+        cursors.declare(&name.value, schema, batches).await;
+        let stored = (statement.to_string(), Some((statement, plan)));
+        let stored = Arc::new(StoredStatement::new(name.value.clone(), stored, vec![]));
+        client
+            .portal_store()
+            .put_portal(Arc::new(Portal::new_cursor(name.value.clone(), stored)));
+    }
+    Ok(Response::Execution(Tag::new("DECLARE CURSOR")))
+}
+
+/// FETCH: rows from the cursor, encoded in the format this FETCH asks for.
+async fn fetch_cursor<C: ClientInfo + ?Sized>(
+    client: &C,
+    name: &str,
+    direction: &datafusion::sql::sqlparser::ast::FetchDirection,
+    format: &Format,
+) -> PgWireResult<Response> {
+    let count = cursor::fetch_count(direction)?;
+    let cursors = client
+        .session_extensions()
+        .get::<Cursors>()
+        .ok_or_else(|| QueryError::UndefinedCursor(name.to_string()))?;
+    let (schema, batches) = cursors.fetch(name, count).await?;
+    let fields = Arc::new(pgwire_fields(&schema, format, client)?);
+    let rows = encode_rows(fields.clone(), stream::iter(batches.into_iter().map(Ok)));
+    Ok(Response::Query(QueryResponse::new(fields, rows)))
+}
+
+async fn close_cursor(client: &mut dyn HookClient, cursor: &CloseCursor) -> Response {
+    let name = match cursor {
+        CloseCursor::All => None,
+        CloseCursor::Specific { name } => Some(name.value.as_str()),
+    };
+    if let Some(cursors) = client.session_extensions().get::<Cursors>() {
+        cursors.close(name).await;
+    }
+    match name {
+        Some(name) => client.portal_store().rm_portal(name),
+        None => client.portal_store().clear_portals(),
+    }
+    Response::Execution(Tag::new("CLOSE CURSOR"))
+}
+
+fn cursor_shape<C: ClientInfo + ?Sized>(client: &C, name: &str) -> DFSchemaRef {
+    client
+        .session_extensions()
+        .get::<CursorShapes>()
+        .and_then(|shapes| shapes.0.lock().ok().and_then(|m| m.get(name).cloned()))
+        .unwrap_or_else(|| Arc::new(DFSchema::empty()))
 }
 
 pub struct LakeParser {
@@ -145,7 +256,7 @@ async fn execute<C: ClientInfo + ?Sized>(
     statement: &Statement,
     plan: LogicalPlan,
     format: &Format,
-) -> PgWireResult<Response> {
+) -> PgWireResult<QueryResponse> {
     let cancel = client
         .session_extensions()
         .get::<Arc<ConnectionHandle>>()
@@ -162,7 +273,7 @@ async fn execute<C: ClientInfo + ?Sized>(
         fields.clone(),
         cancellable(batches, cancel, statement_deadline(client)),
     );
-    Ok(Response::Query(QueryResponse::new(fields, rows)))
+    Ok(QueryResponse::new(fields, rows))
 }
 
 /// Runs the query behind a COPY TO STDOUT and streams it as COPY data.
@@ -317,6 +428,13 @@ fn statement_tag(statement: &Statement) -> Option<Response> {
             )))
         }
         Statement::Discard { .. } => Some(Response::Execution(Tag::new("DISCARD ALL"))),
+        // Read-only work has nothing to roll back to: savepoints are accepted and change nothing,
+        // and ROLLBACK TO keeps the transaction open (unlike ROLLBACK).
+        Statement::Savepoint { .. } => Some(Response::Execution(Tag::new("SAVEPOINT"))),
+        Statement::ReleaseSavepoint { .. } => Some(Response::Execution(Tag::new("RELEASE"))),
+        Statement::Rollback {
+            savepoint: Some(_), ..
+        } => Some(Response::Execution(Tag::new("ROLLBACK"))),
         Statement::Deallocate { .. } => Some(Response::Execution(Tag::new("DEALLOCATE"))),
         _ => None,
     }
@@ -350,14 +468,24 @@ impl SimpleQueryHandler for QueryHandler {
                 responses.push(execute_copy(client, &session, &copy).await?);
                 continue;
             }
-            // A cursor's query is planned here first, so its errors (a hidden table is 42P01)
-            // read as they do for the query itself; the hook then plans it again to stream it.
-            if let Statement::Declare { stmts } = &statement {
-                for declare in stmts {
-                    if let Some(query) = &declare.for_query {
-                        plan_statement(&session, &Statement::Query(query.clone())).await?;
-                    }
+            match &statement {
+                Statement::Declare { stmts } => {
+                    responses.push(open_cursors(client, &session, stmts).await?);
+                    continue;
                 }
+                Statement::Fetch {
+                    name, direction, ..
+                } => {
+                    responses.push(
+                        fetch_cursor(client, &name.value, direction, &Format::UnifiedText).await?,
+                    );
+                    continue;
+                }
+                Statement::Close { cursor } => {
+                    responses.push(close_cursor(client, cursor).await);
+                    continue;
+                }
+                _ => {}
             }
             for hook in &self.hooks {
                 if let Some(result) = hook
@@ -369,8 +497,9 @@ impl SimpleQueryHandler for QueryHandler {
                 }
             }
             let plan = plan_statement(&session, &statement).await?;
-            responses
-                .push(execute(client, &session, &statement, plan, &Format::UnifiedText).await?);
+            responses.push(Response::Query(
+                execute(client, &session, &statement, plan, &Format::UnifiedText).await?,
+            ));
         }
         Ok(responses)
     }
@@ -403,15 +532,24 @@ impl QueryParser for LakeParser {
         let statement = statements.remove(0);
         gate::check(&statement)?;
         let text = statement.to_string();
+        let no_rows = |schema| {
+            LogicalPlan::EmptyRelation(datafusion::logical_expr::EmptyRelation {
+                produce_one_row: false,
+                schema,
+            })
+        };
         let plan = match &statement {
             Statement::Query(_) | Statement::Explain { .. } => {
                 plan_statement(&session, &statement).await?
             }
+            Statement::Declare { stmts } => {
+                declare_cursors(client, &session, stmts).await?;
+                no_rows(Arc::new(DFSchema::empty()))
+            }
+            // described with the cursor's row shape: clients read rows by what was described
+            Statement::Fetch { name, .. } => no_rows(cursor_shape(client, &name.value)),
             // hooks and tags answer these at execute time; they describe no rows
-            _ => LogicalPlan::EmptyRelation(datafusion::logical_expr::EmptyRelation {
-                produce_one_row: false,
-                schema: Arc::new(datafusion::common::DFSchema::empty()),
-            }),
+            _ => no_rows(Arc::new(DFSchema::empty())),
         };
         Ok(Some((text, Some((statement, plan)))))
     }
@@ -496,6 +634,17 @@ impl ExtendedQueryHandler for QueryHandler {
         if let Some(copy) = copy_out(statement)? {
             return execute_copy(client, &session, &copy).await;
         }
+        match statement {
+            Statement::Declare { stmts } => return open_cursors(client, &session, stmts).await,
+            Statement::Fetch {
+                name, direction, ..
+            } => {
+                return fetch_cursor(client, &name.value, direction, &portal.result_column_format)
+                    .await;
+            }
+            Statement::Close { cursor } => return Ok(close_cursor(client, cursor).await),
+            _ => {}
+        }
         for hook in &self.hooks {
             if let Some(result) = hook
                 .handle_extended_query(statement, plan, &params, &session.context, client)
@@ -516,5 +665,6 @@ impl ExtendedQueryHandler for QueryHandler {
             &portal.result_column_format,
         )
         .await
+        .map(Response::Query)
     }
 }

@@ -4,6 +4,7 @@ mod client_compat;
 mod column_names;
 mod config;
 mod copy;
+mod cursor;
 mod demo;
 mod error;
 mod gate;

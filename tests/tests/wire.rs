@@ -413,3 +413,51 @@ async fn output_columns_are_named_like_postgres() {
     let names: Vec<&str> = columns.iter().map(|c| c.name()).collect();
     assert_eq!(names, ["count", "min", "hcp_id", "?column?", "total"]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cursors_are_described_with_their_columns() {
+    // Drivers (psycopg's named cursors) describe a FETCH or the cursor portal before reading
+    // rows, and decode rows by that description: it must carry the cursor's columns.
+    let gateway = Gateway::start();
+    let alice = gateway.connect("alice").await;
+    alice
+        .batch_execute(
+            "BEGIN; DECLARE c CURSOR FOR SELECT hcp_id, country FROM hcp ORDER BY hcp_id",
+        )
+        .await
+        .expect("declare");
+    let fetch = alice
+        .prepare("FETCH 5 FROM c")
+        .await
+        .expect("prepare fetch");
+    let names: Vec<&str> = fetch.columns().iter().map(|c| c.name()).collect();
+    assert_eq!(names, ["hcp_id", "country"]);
+    let rows = alice.query(&fetch, &[]).await.expect("fetch");
+    assert_eq!(rows.len(), 5);
+    let first: i64 = rows[0].get(0);
+    let country: &str = rows[0].get(1);
+    assert_eq!(first, 1);
+    assert!(["DE", "FR", "DK", "CH"].contains(&country));
+    // DECLARE in the extended protocol too, then SAVEPOINTs as SQLAlchemy sends them
+    alice
+        .execute(
+            "DECLARE d CURSOR FOR SELECT country FROM sales WHERE units > 10",
+            &[],
+        )
+        .await
+        .expect("declare (extended)");
+    let rows = alice
+        .query("FETCH ALL FROM d", &[])
+        .await
+        .expect("fetch all");
+    assert!(
+        rows.iter()
+            .all(|r| ["DE", "FR", "DK", "CH"].contains(&r.get::<_, &str>(0)))
+    );
+    alice
+        .batch_execute(
+            "SAVEPOINT s1; RELEASE SAVEPOINT s1; SAVEPOINT s2; ROLLBACK TO SAVEPOINT s2; COMMIT",
+        )
+        .await
+        .expect("savepoints in a read-only transaction");
+}
