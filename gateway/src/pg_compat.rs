@@ -84,10 +84,13 @@ pub async fn install(
     ctx.register_udf(size_pretty_udf());
     // View bodies are catalog metadata users may not be entitled to (they name tables the
     // user may not see in other contexts): psql shows no definition rather than the SQL.
-    ctx.register_udf(ScalarUDF::from(NullText {
-        name: "pg_get_viewdef".to_string(),
-        signature: Signature::variadic_any(Volatility::Stable),
-    }));
+    // Lakegate's tables have no sequences: PostgreSQL's answer for them is NULL too.
+    for name in ["pg_get_viewdef", "pg_get_serial_sequence"] {
+        ctx.register_udf(ScalarUDF::from(NullText {
+            name: name.to_string(),
+            signature: Signature::variadic_any(Volatility::Stable),
+        }));
+    }
     // Lakegate's tables are not stored by this server: PostgreSQL's size functions answer 0.
     for name in ["pg_table_size", "pg_indexes_size"] {
         ctx.register_udf(create_udf(
@@ -390,9 +393,9 @@ impl SchemaProvider for Overlay {
     }
 }
 
-/// Rewrites `col_description(oid, attnum)` and `obj_description(oid[, 'pg_class'])` into
-/// subqueries over `pg_description`: their answer depends on a table, which a scalar function
-/// cannot read.
+/// Rewrites `col_description(oid, attnum)`, `obj_description(oid[, 'pg_class'])` and
+/// `to_regtype(name)` into subqueries over `pg_description` / `pg_type`: their answer depends
+/// on a table, which a scalar function cannot read.
 pub fn rewrite_description_calls(statement: &mut Statement) {
     let _ = visit_expressions_mut(statement, |expr| {
         if let SqlExpr::Function(f) = expr {
@@ -422,6 +425,10 @@ pub fn rewrite_description_calls(statement: &mut Statement) {
                         "(SELECT max(pgd.description) FROM pg_catalog.pg_description AS pgd WHERE pgd.objoid = {oid} AND pgd.objsubid = 0)"
                     ))
                 }
+                // psycopg's TypeInfo.fetch (SQLAlchemy connects through it): NULL if unknown
+                (Some("to_regtype"), [name]) => Some(format!(
+                    "(SELECT max(pgt.oid) FROM pg_catalog.pg_type AS pgt WHERE pgt.typname = {name})"
+                )),
                 _ => None,
             };
             if let Some(sub) = sub
