@@ -276,34 +276,21 @@ async fn execute<C: ClientInfo + ?Sized>(
     Ok(QueryResponse::new(fields, rows))
 }
 
-/// Runs the query behind a COPY TO STDOUT and streams it as COPY data.
+/// Runs the query behind a COPY TO STDOUT and streams its rows as COPY data.
 async fn execute_copy<C: ClientInfo + ?Sized>(
     client: &C,
     session: &UserSession,
     copy: &CopyOut,
 ) -> PgWireResult<Response> {
     let plan = plan_statement(session, &copy.query).await?;
-    let cancel = client
-        .session_extensions()
-        .get::<Arc<ConnectionHandle>>()
-        .map(|h| (*h).clone());
-    let df = session
-        .context
-        .execute_logical_plan(plan)
-        .await
-        .map_err(df_err)?;
-    let fields = Arc::new(pgwire_fields(
-        df.schema().as_arrow(),
-        &Format::UnifiedText,
-        client,
-    )?);
-    let names = fields.iter().map(|f| f.name().to_string()).collect();
-    let batches = df.execute_stream().await.map_err(df_err)?;
-    let rows = encode_rows(
-        fields,
-        cancellable(batches, cancel, statement_deadline(client)),
-    );
-    Ok(Response::CopyOut(copy.response(names, rows)))
+    let mut rows = execute(client, session, &copy.query, plan, &Format::UnifiedText).await?;
+    let names = rows
+        .row_schema()
+        .iter()
+        .map(|f| f.name().to_string())
+        .collect();
+    let stream = std::mem::replace(rows.data_rows(), Box::pin(stream::empty()));
+    Ok(Response::CopyOut(copy.response(names, stream)))
 }
 
 fn pgwire_fields<C: ClientInfo + ?Sized>(
