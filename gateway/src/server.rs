@@ -108,9 +108,8 @@ impl ErrorHandler for LogErrors {
             PgWireError::UserError(info) => {
                 tracing::info!(user = %user, sqlstate = %info.code, message = %info.message, "error sent")
             }
-            PgWireError::InvalidPassword(_) => {
-                tracing::info!(user = %user, "password authentication failed")
-            }
+            // logged where the password is verified (auth.rs)
+            PgWireError::InvalidPassword(_) => {}
             other => tracing::info!(user = %user, error = %other, "error sent"),
         }
     }

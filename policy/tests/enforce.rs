@@ -33,6 +33,22 @@ impl QueryPlanner for Planner {
     }
 }
 
+/// A table with untagged columns.
+fn table_meta(database: &str, table: &str, columns: &[&str]) -> TableMeta {
+    TableMeta {
+        database: database.into(),
+        table: table.into(),
+        tags: Default::default(),
+        columns: columns
+            .iter()
+            .map(|n| ColumnMeta {
+                name: n.to_string(),
+                tags: Default::default(),
+            })
+            .collect(),
+    }
+}
+
 fn session() -> SessionContext {
     let mut rules: Vec<Arc<dyn datafusion::optimizer::AnalyzerRule + Send + Sync>> =
         vec![Arc::new(EnforcePolicy)];
@@ -87,18 +103,7 @@ rules:
         .into(),
     }])
     .expect("policy");
-    let meta = TableMeta {
-        database: "db".into(),
-        table: "docs".into(),
-        tags: Default::default(),
-        columns: ["id", "owner", "secret"]
-            .iter()
-            .map(|n| ColumnMeta {
-                name: n.to_string(),
-                tags: Default::default(),
-            })
-            .collect(),
-    };
+    let meta = table_meta("db", "docs", &["id", "owner", "secret"]);
     let identity = Identity::new(user, vec![]);
     let Decision::Allowed(access) = policy.decide(&identity, &meta) else {
         panic!("allowed")
@@ -208,18 +213,7 @@ rules:
         .into(),
     }])
     .expect("policy");
-    let meta = TableMeta {
-        database: "db".into(),
-        table: "people".into(),
-        tags: Default::default(),
-        columns: ["name", "born", "npi", "note"]
-            .iter()
-            .map(|n| ColumnMeta {
-                name: n.to_string(),
-                tags: Default::default(),
-            })
-            .collect(),
-    };
+    let meta = table_meta("db", "people", &["name", "born", "npi", "note"]);
     let identity = Identity::new("u", vec![]);
     let Decision::Allowed(access) = policy.decide(&identity, &meta) else {
         panic!("allowed")
@@ -273,18 +267,7 @@ rules:
         text: "rules:\n  - name: b\n    principals: { users: [\"*\"] }\n    tables: [\"db.docs\"]\n    columns:\n      - { name: owner, mask: date_to_year }\n".into(),
     }])
     .expect("loads");
-    let docs = TableMeta {
-        database: "db".into(),
-        table: "docs".into(),
-        tags: Default::default(),
-        columns: ["id", "owner", "secret"]
-            .iter()
-            .map(|n| ColumnMeta {
-                name: n.to_string(),
-                tags: Default::default(),
-            })
-            .collect(),
-    };
+    let docs = table_meta("db", "docs", &["id", "owner", "secret"]);
     let Decision::Allowed(access) = bad.decide(&identity, &docs) else {
         panic!("allowed")
     };
