@@ -149,6 +149,7 @@ pub struct ScramStartup {
     connections: Arc<ConnectionManager>,
     pids: Arc<RandomPidSecretKeyGenerator>,
     allow_plaintext: bool,
+    peer: Option<Arc<crate::peer::PeerWatch>>,
     state: Mutex<State>,
 }
 
@@ -159,6 +160,7 @@ impl ScramStartup {
         connections: Arc<ConnectionManager>,
         pids: Arc<RandomPidSecretKeyGenerator>,
         allow_plaintext: bool,
+        peer: Option<Arc<crate::peer::PeerWatch>>,
     ) -> Self {
         ScramStartup {
             users,
@@ -166,6 +168,7 @@ impl ScramStartup {
             connections,
             pids,
             allow_plaintext,
+            peer,
             state: Mutex::new(State::Initial),
         }
     }
@@ -366,6 +369,9 @@ impl StartupHandler for ScramStartup {
                             self.connections.register(pid, secret);
                         client.session_extensions().insert(handle);
                         client.session_extensions().insert(guard);
+                        if let Some(peer) = &self.peer {
+                            client.session_extensions().insert(peer.clone());
+                        }
                         finish_authentication(client, self.parameters.as_ref()).await?;
                         tracing::info!(user = %user, "logged in");
                         Ok(())

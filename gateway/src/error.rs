@@ -40,6 +40,8 @@ pub enum QueryError {
     UndefinedColumn(String),
     #[error("{0}")]
     UndefinedFunction(String),
+    #[error("unrecognized configuration parameter \"{0}\"")]
+    UndefinedSetting(String),
     #[error("cursor \"{0}\" does not exist")]
     UndefinedCursor(String),
     #[error("syntax error: {0}")]
@@ -64,6 +66,7 @@ impl QueryError {
             QueryError::UndefinedColumn(_) => "42703",
             QueryError::UndefinedFunction(_) => "42883",
             QueryError::UndefinedCursor(_) => "34000",
+            QueryError::UndefinedSetting(_) => "42704",
             QueryError::Syntax(_) => "42601",
             QueryError::Unsupported(_) => "0A000",
             QueryError::Cancelled | QueryError::StatementTimeout => "57014",
@@ -145,6 +148,15 @@ fn plan_error(msg: &str) -> QueryError {
     {
         let first = msg.lines().next().unwrap_or(msg);
         return QueryError::UndefinedFunction(first.to_string());
+    }
+    // A correlated subquery that may find several rows: PostgreSQL would fail at run time if
+    // it did; DataFusion cannot plan it. Either way no answer, and the user can aggregate.
+    if msg.starts_with("Correlated scalar subquery must be aggregated") {
+        return QueryError::Unsupported(
+            "a correlated subquery used as an expression must be aggregated, \
+             e.g. (SELECT max(x) FROM t WHERE ...)"
+                .to_string(),
+        );
     }
     QueryError::Execution(msg.to_string())
 }

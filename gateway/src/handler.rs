@@ -36,7 +36,9 @@ use crate::cursor::{self, Cursors};
 use crate::error::{QueryError, df_err};
 use crate::gate;
 use crate::lake::{Lake, UserSession};
+use crate::peer::PeerWatch;
 use crate::pg_compat;
+use crate::settings::Settings;
 
 /// A prepared statement: its text and, unless empty, the parsed statement and its plan.
 /// (The shape datafusion-postgres's hooks expect in the portal store.)
@@ -175,7 +177,10 @@ async fn fetch_cursor<C: ClientInfo + ?Sized>(
     let (schema, batches) = cursors.fetch(name, count).await?;
     let fields = Arc::new(pgwire_fields(&schema, format, client)?);
     let rows = encode_rows(fields.clone(), stream::iter(batches.into_iter().map(Ok)));
-    Ok(Response::Query(QueryResponse::new(fields, rows)))
+    let mut response = QueryResponse::new(fields, rows);
+    // PostgreSQL tags FETCH results "FETCH n"; psqlODBC's declare/fetch mode relies on it.
+    response.set_command_tag("FETCH");
+    Ok(Response::Query(response))
 }
 
 async fn close_cursor(client: &mut dyn HookClient, cursor: &CloseCursor) -> Response {
@@ -208,8 +213,12 @@ pub struct LakeParser {
 
 impl LakeParser {
     fn parse(&self, sql: &str) -> Result<Vec<Statement>, QueryError> {
+        // Statement text only at debug level: it can hold literal values from the data.
+        tracing::debug!(sql, "parse");
         let sql = crate::client_compat::rewrite(sql);
-        match self.sql_parser.parse(&sql) {
+        let protected = crate::scalar_subquery::protect(&sql);
+        let sql = protected.as_deref().unwrap_or(&sql);
+        match self.sql_parser.parse(sql) {
             Ok(mut statements) => {
                 for s in &mut statements {
                     pg_compat::rewrite_description_calls(s);
@@ -217,8 +226,7 @@ impl LakeParser {
                 Ok(statements)
             }
             Err(e) => {
-                Err(gate::refuse_unparsed(&sql)
-                    .unwrap_or_else(|| QueryError::Syntax(e.to_string())))
+                Err(gate::refuse_unparsed(sql).unwrap_or_else(|| QueryError::Syntax(e.to_string())))
             }
         }
     }
@@ -269,9 +277,13 @@ async fn execute<C: ClientInfo + ?Sized>(
     let schema = column_names::postgres_schema(statement, df.schema().as_arrow());
     let fields = Arc::new(pgwire_fields(&schema, format, client)?);
     let batches = df.execute_stream().await.map_err(df_err)?;
+    let peer = client
+        .session_extensions()
+        .get::<Arc<PeerWatch>>()
+        .map(|p| (*p).clone());
     let rows = encode_rows(
         fields.clone(),
-        cancellable(batches, cancel, statement_deadline(client)),
+        cancellable(batches, cancel, statement_deadline(client), peer),
     );
     Ok(QueryResponse::new(fields, rows))
 }
@@ -329,19 +341,23 @@ fn statement_deadline<C: ClientInfo + ?Sized>(client: &C) -> Option<tokio::time:
     (ms > 0).then(|| tokio::time::Instant::now() + std::time::Duration::from_millis(ms))
 }
 
+/// How often a running query asks whether its client is still there.
+const PEER_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Batches until the end, an error, a cancel request or the statement timeout (then one
-/// 57014 and the end).
+/// 57014 and the end), or until the client is gone (then the query stops: nobody reads it).
 fn cancellable(
     batches: SendableRecordBatchStream,
     handle: Option<Arc<ConnectionHandle>>,
     deadline: Option<tokio::time::Instant>,
+    peer: Option<Arc<PeerWatch>>,
 ) -> impl futures::Stream<Item = Result<RecordBatch, QueryError>> + Send + 'static {
     // The cancel slot is claimed on the first poll: pgwire polls rows only after `do_query`
     // returned, when its own watch on the slot has ended.
     let start = (batches, handle, None, false);
-    stream::unfold(
-        start,
-        move |(mut batches, handle, cancel, done)| async move {
+    stream::unfold(start, move |(mut batches, handle, cancel, done)| {
+        let peer = peer.clone();
+        async move {
             if done {
                 return None;
             }
@@ -356,12 +372,28 @@ fn cancellable(
                     None => std::future::pending().await,
                 }
             };
+            let client_gone = async move {
+                match peer {
+                    Some(peer) => loop {
+                        tokio::time::sleep(PEER_CHECK_INTERVAL).await;
+                        if peer.is_gone() {
+                            break;
+                        }
+                    },
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::pin!(client_gone);
             tokio::pin!(timeout);
             loop {
                 match cancel.as_mut() {
                     Some(rx) => {
                         tokio::select! {
                             _ = &mut timeout => return Some((Err(QueryError::StatementTimeout), (batches, None, None, true))),
+                            _ = &mut client_gone => {
+                                tracing::info!("client left during a query; the query stops");
+                                return None;
+                            }
                             signal = rx => match signal {
                                 Ok(()) => return Some((Err(QueryError::Cancelled), (batches, None, None, true))),
                                 // a later statement replaced this one's cancel slot: keep streaming
@@ -378,6 +410,10 @@ fn cancellable(
                     None => {
                         tokio::select! {
                             _ = &mut timeout => return Some((Err(QueryError::StatementTimeout), (batches, None, None, true))),
+                            _ = &mut client_gone => {
+                                tracing::info!("client left during a query; the query stops");
+                                return None;
+                            }
                             item = batches.next() => {
                                 return item.map(|r| {
                                     let failed = r.is_err();
@@ -388,32 +424,48 @@ fn cancellable(
                     }
                 }
             }
-        },
-    )
+        }
+    })
+}
+
+/// `SHOW name` and `SHOW ALL`, from the connection's settings (see settings.rs).
+fn show<C: ClientInfo + ?Sized>(
+    lake: &Lake,
+    client: &C,
+    statement: &Statement,
+) -> Option<Result<Response, QueryError>> {
+    let Statement::ShowVariable { variable } = statement else {
+        return None;
+    };
+    let name = show_name(variable);
+    let settings = Settings::new(&lake.default_schema, client.metadata());
+    Some(if name.eq_ignore_ascii_case("all") {
+        Ok(settings.show_all())
+    } else {
+        settings.show(&name)
+    })
+}
+
+/// `SHOW TIME ZONE` is `SHOW TimeZone`; other names are one identifier.
+fn show_name(variable: &[datafusion::sql::sqlparser::ast::Ident]) -> String {
+    let words: Vec<String> = variable
+        .iter()
+        .map(|i| i.value.to_ascii_lowercase())
+        .collect();
+    match words.as_slice() {
+        [time, zone] if time == "time" && zone == "zone" => "TimeZone".to_string(),
+        [transaction, isolation, level]
+            if transaction == "transaction" && isolation == "isolation" && level == "level" =>
+        {
+            "transaction_isolation".to_string()
+        }
+        _ => words.join("."),
+    }
 }
 
 /// Statements Lakegate answers itself, before the hooks.
 fn statement_tag(statement: &Statement) -> Option<Response> {
     match statement {
-        Statement::ShowVariable { variable }
-            if variable.len() == 1 && variable[0].value.eq_ignore_ascii_case("server_version") =>
-        {
-            let fields = Arc::new(vec![FieldInfo::new(
-                "server_version".into(),
-                None,
-                None,
-                Type::TEXT,
-                pgwire::api::results::FieldFormat::Text,
-            )]);
-            let mut encoder = pgwire::api::results::DataRowEncoder::new(fields.clone());
-            let row = encoder
-                .encode_field(&pg_compat::server_version())
-                .map(|_| encoder.take_row());
-            Some(Response::Query(QueryResponse::new(
-                fields,
-                stream::iter(vec![row]),
-            )))
-        }
         Statement::Discard { .. } => Some(Response::Execution(Tag::new("DISCARD ALL"))),
         // Read-only work has nothing to roll back to: savepoints are accepted and change nothing,
         // and ROLLBACK TO keeps the transaction open (unlike ROLLBACK).
@@ -449,6 +501,10 @@ impl SimpleQueryHandler for QueryHandler {
             }
             if let Some(response) = statement_tag(&statement) {
                 responses.push(response);
+                continue;
+            }
+            if let Some(response) = show(&self.lake, client, &statement) {
+                responses.push(response?);
                 continue;
             }
             if let Some(copy) = copy_out(&statement)? {
@@ -535,6 +591,22 @@ impl QueryParser for LakeParser {
             }
             // described with the cursor's row shape: clients read rows by what was described
             Statement::Fetch { name, .. } => no_rows(cursor_shape(client, &name.value)),
+            Statement::ShowVariable { variable } => {
+                let name = show_name(variable).to_ascii_lowercase();
+                let columns: Vec<&str> = if name == "all" {
+                    vec!["name", "setting", "description"]
+                } else {
+                    vec![name.as_str()]
+                };
+                let fields: Vec<_> = columns
+                    .iter()
+                    .map(|c| datafusion::arrow::datatypes::Field::new(*c, DataType::Utf8, true))
+                    .collect();
+                no_rows(Arc::new(
+                    DFSchema::try_from(datafusion::arrow::datatypes::Schema::new(fields))
+                        .map_err(df_err)?,
+                ))
+            }
             // hooks and tags answer these at execute time; they describe no rows
             _ => no_rows(Arc::new(DFSchema::empty())),
         };
@@ -617,6 +689,9 @@ impl ExtendedQueryHandler for QueryHandler {
         let params = arrow_pg::datatypes::df::deserialize_parameters(portal, &type_refs)?;
         if let Some(response) = statement_tag(statement) {
             return Ok(response);
+        }
+        if let Some(response) = show(&self.lake, client, statement) {
+            return Ok(response?);
         }
         if let Some(copy) = copy_out(statement)? {
             return execute_copy(client, &session, &copy).await;

@@ -216,7 +216,8 @@ impl Lake {
                 let _ = catalog.deregister_schema(name, false);
             }
         }
-        pg_compat::install(&context, &visible, comments)
+        let settings = crate::settings::Settings::new(&self.default_schema, &Default::default());
+        pg_compat::install(&context, &visible, comments, settings)
             .await
             .map_err(|e| StartupError::Other(format!("pg_catalog setup: {e}")))?;
         pg_compat::set_user(&context, &identity.name);

@@ -9,9 +9,15 @@ mod demo;
 mod error;
 mod gate;
 mod handler;
+mod json_functions;
 mod lake;
+mod like_escape;
+mod peer;
 mod pg_compat;
+mod regproc;
+mod scalar_subquery;
 mod server;
+mod settings;
 mod tls;
 
 use std::io::BufRead;

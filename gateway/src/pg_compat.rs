@@ -30,6 +30,14 @@ use crate::lake::Visible;
 pub const PG_VERSION: &str = "16.6";
 
 /// `server_version` as SQLAlchemy, JDBC and psql parse it.
+/// `server_version_num`: 16.6 is 160006.
+pub fn server_version_num() -> String {
+    let mut parts = PG_VERSION.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let major = parts.next().unwrap_or(0);
+    let minor = parts.next().unwrap_or(0);
+    (major * 10000 + minor).to_string()
+}
+
 pub fn server_version() -> String {
     format!("{PG_VERSION} (Lakegate {})", env!("CARGO_PKG_VERSION"))
 }
@@ -73,6 +81,7 @@ pub async fn install(
     ctx: &SessionContext,
     visible: &Visible,
     comments: Vec<Comment>,
+    settings: crate::settings::Settings,
 ) -> DfResult<()> {
     datafusion_pg_catalog::setup_pg_catalog(ctx, &visible.database, EmptyContextProvider)
         .map_err(|e| *e)?;
@@ -82,10 +91,18 @@ pub async fn install(
     );
     ctx.register_udf(constant_text("version", version));
     ctx.register_udf(size_pretty_udf());
+    ctx.register_udf(crate::like_escape::udf());
+    for udf in crate::json_functions::udfs() {
+        ctx.register_udf(udf);
+    }
     // View bodies are catalog metadata users may not be entitled to (they name tables the
     // user may not see in other contexts): psql shows no definition rather than the SQL.
     // Lakegate's tables have no sequences: PostgreSQL's answer for them is NULL too.
-    for name in ["pg_get_viewdef", "pg_get_serial_sequence"] {
+    for name in [
+        "pg_get_viewdef",
+        "pg_get_serial_sequence",
+        "pg_get_indexdef",
+    ] {
         ctx.register_udf(ScalarUDF::from(NullText {
             name: name.to_string(),
             signature: Signature::variadic_any(Volatility::Stable),
@@ -105,6 +122,30 @@ pub async fn install(
             }),
         ));
     }
+    // Collations, types, functions and operators all live in pg_catalog, which is always on
+    // the search path: PostgreSQL answers true for every one of them.
+    for name in [
+        "pg_collation_is_visible",
+        "pg_type_is_visible",
+        "pg_function_is_visible",
+        "pg_operator_is_visible",
+        "pg_opclass_is_visible",
+        "pg_conversion_is_visible",
+    ] {
+        ctx.register_udf(create_udf(
+            name,
+            vec![DataType::Int64],
+            DataType::Boolean,
+            Volatility::Stable,
+            Arc::new(|args: &[ColumnarValue]| {
+                let arrays = ColumnarValue::values_to_arrays(args)?;
+                let out: datafusion::arrow::array::BooleanArray = (0..arrays[0].len())
+                    .map(|i| (!arrays[0].is_null(i)).then_some(true))
+                    .collect();
+                Ok(ColumnarValue::Array(Arc::new(out)))
+            }),
+        ));
+    }
     let visible = Arc::new(visible.clone());
     for (name, kind) in [
         ("has_table_privilege", PrivilegeKind::Table),
@@ -120,7 +161,32 @@ pub async fn install(
             signature: Signature::variadic_any(Volatility::Stable),
         }));
     }
-    install_descriptions(ctx, &visible.database, comments).await
+    let pg_settings = crate::settings::pg_settings_sql(&settings);
+    ctx.register_udf(crate::settings::current_setting_udf(settings));
+    let descriptions = descriptions_view(ctx, comments).await?;
+    let pg_settings = view(ctx, &pg_settings).await?;
+    let Some(catalog) = ctx.catalog(&visible.database) else {
+        return Ok(());
+    };
+    let Some(inner) = catalog.schema("pg_catalog") else {
+        return Ok(());
+    };
+    let overlay = Overlay {
+        inner,
+        tables: HashMap::from([
+            ("pg_description".to_string(), descriptions),
+            ("pg_settings".to_string(), pg_settings),
+        ]),
+    };
+    catalog.register_schema("pg_catalog", Arc::new(overlay))?;
+    Ok(())
+}
+
+async fn view(ctx: &SessionContext, sql: &str) -> DfResult<Arc<dyn TableProvider>> {
+    let state = ctx.state();
+    let statement = state.sql_to_statement(sql, &datafusion::config::Dialect::PostgreSQL)?;
+    let plan = state.statement_to_plan(statement).await?;
+    Ok(Arc::new(ViewTable::new(plan, Some(sql.to_string()))))
 }
 
 /// Sets the user name the session's `current_user` and `session_user` return.
@@ -315,11 +381,10 @@ fn sql_text(s: &str) -> String {
 
 /// `pg_catalog.pg_description` as a view joining the catalog's comments to the oids that
 /// datafusion-pg-catalog assigns, placed over its static (empty) table.
-async fn install_descriptions(
+async fn descriptions_view(
     ctx: &SessionContext,
-    database: &str,
     comments: Vec<Comment>,
-) -> DfResult<()> {
+) -> DfResult<Arc<dyn TableProvider>> {
     let rows: Vec<String> = comments
         .iter()
         .map(|c| {
@@ -352,22 +417,7 @@ async fn install_descriptions(
          LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attname = d.col \
          WHERE d.col IS NULL OR a.attnum IS NOT NULL"
     );
-    let state = ctx.state();
-    let statement = state.sql_to_statement(&sql, &datafusion::config::Dialect::PostgreSQL)?;
-    let plan = state.statement_to_plan(statement).await?;
-    let view: Arc<dyn TableProvider> = Arc::new(ViewTable::new(plan, Some(sql)));
-    let Some(catalog) = ctx.catalog(database) else {
-        return Ok(());
-    };
-    let Some(inner) = catalog.schema("pg_catalog") else {
-        return Ok(());
-    };
-    let overlay = Overlay {
-        inner,
-        tables: HashMap::from([("pg_description".to_string(), view)]),
-    };
-    catalog.register_schema("pg_catalog", Arc::new(overlay))?;
-    Ok(())
+    view(ctx, &sql).await
 }
 
 /// pg_catalog with some tables answered by Lakegate.
@@ -398,6 +448,9 @@ impl SchemaProvider for Overlay {
 /// on a table, which a scalar function cannot read.
 pub fn rewrite_description_calls(statement: &mut Statement) {
     let _ = visit_expressions_mut(statement, |expr| {
+        crate::like_escape::rewrite(expr);
+        crate::regproc::rewrite(expr);
+        crate::scalar_subquery::rewrite(expr);
         if let SqlExpr::Function(f) = expr {
             let name = f
                 .name

@@ -49,6 +49,7 @@ impl Server {
         let allow_plaintext = self.lake.config.tls.allow_plaintext || self.tls.is_none();
         loop {
             let (socket, peer) = listener.accept().await?;
+            let watch = crate::peer::PeerWatch::new(&socket).map(Arc::new);
             let handlers = ConnectionHandlers {
                 startup: Arc::new(ScramStartup::new(
                     self.users.clone(),
@@ -56,6 +57,7 @@ impl Server {
                     self.connections.clone(),
                     self.pids.clone(),
                     allow_plaintext,
+                    watch,
                 )),
                 query: self.query.clone(),
                 cancel: Arc::new(DefaultCancelHandler::new(self.connections.clone())),
