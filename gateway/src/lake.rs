@@ -217,10 +217,11 @@ impl Lake {
             }
         }
         let settings = crate::settings::Settings::new(&self.default_schema, &Default::default());
-        pg_compat::install(&context, &visible, comments, settings)
+        pg_compat::install(&context, &visible, comments, settings, &identity.name)
             .await
             .map_err(|e| StartupError::Other(format!("pg_catalog setup: {e}")))?;
         pg_compat::set_user(&context, &identity.name);
+        pg_compat::set_schema(&context, &self.default_schema);
         Ok(UserSession {
             identity,
             context,

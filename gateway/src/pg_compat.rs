@@ -82,6 +82,7 @@ pub async fn install(
     visible: &Visible,
     comments: Vec<Comment>,
     settings: crate::settings::Settings,
+    user: &str,
 ) -> DfResult<()> {
     datafusion_pg_catalog::setup_pg_catalog(ctx, &visible.database, EmptyContextProvider)
         .map_err(|e| *e)?;
@@ -97,7 +98,7 @@ pub async fn install(
     }
     // View bodies are catalog metadata users may not be entitled to (they name tables the
     // user may not see in other contexts): psql shows no definition rather than the SQL.
-    // Lakegate's tables have no sequences: PostgreSQL's answer for them is NULL too.
+    // Lakegate's tables have no sequences and no indexes: PostgreSQL's answer for them is NULL too.
     for name in [
         "pg_get_viewdef",
         "pg_get_serial_sequence",
@@ -165,21 +166,64 @@ pub async fn install(
     ctx.register_udf(crate::settings::current_setting_udf(settings));
     let descriptions = descriptions_view(ctx, comments).await?;
     let pg_settings = view(ctx, &pg_settings).await?;
+    // The gateway's users are not PostgreSQL roles; the connected user is the one role a
+    // client can look up (DBeaver and others read their own row on connect).
+    let pg_roles = view(
+        ctx,
+        &format!(
+            "SELECT {} AS rolname, false AS rolsuper, true AS rolinherit, false AS rolcreaterole, \
+             false AS rolcreatedb, true AS rolcanlogin, false AS rolreplication, \
+             CAST(-1 AS INT) AS rolconnlimit, '********' AS rolpassword, \
+             CAST(NULL AS TIMESTAMP) AS rolvaliduntil, false AS rolbypassrls, \
+             CAST(NULL AS VARCHAR) AS rolconfig, CAST(10 AS INT) AS oid",
+            sql_text(user)
+        ),
+    )
+    .await?;
     let Some(catalog) = ctx.catalog(&visible.database) else {
         return Ok(());
     };
     let Some(inner) = catalog.schema("pg_catalog") else {
         return Ok(());
     };
+    let pg_type = match inner.table("pg_type").await? {
+        Some(table) => view(ctx, &pg_type_sql(&table.schema())).await?,
+        None => return Ok(()),
+    };
     let overlay = Overlay {
         inner,
         tables: HashMap::from([
             ("pg_description".to_string(), descriptions),
             ("pg_settings".to_string(), pg_settings),
+            ("pg_roles".to_string(), pg_roles),
+            ("pg_type".to_string(), pg_type),
         ]),
     };
     catalog.register_schema("pg_catalog", Arc::new(overlay))?;
     Ok(())
+}
+
+/// pg_type with its regproc columns as function oids, as PostgreSQL has them (see regproc.rs).
+fn pg_type_sql(schema: &datafusion::arrow::datatypes::Schema) -> String {
+    let mut columns = Vec::new();
+    let mut joins = Vec::new();
+    for field in schema.fields() {
+        let name = field.name();
+        if crate::regproc::OID_COLUMNS.contains(&name.as_str()) {
+            columns.push(format!("CAST(COALESCE(p_{name}.oid, 0) AS INT) AS {name}"));
+            joins.push(format!(
+                "LEFT JOIN procs AS p_{name} ON p_{name}.proname = t.{name}"
+            ));
+        } else {
+            columns.push(format!("t.{name}"));
+        }
+    }
+    format!(
+        "WITH procs AS (SELECT proname, min(oid) AS oid FROM pg_catalog.pg_proc GROUP BY proname) \
+         SELECT {} FROM pg_catalog.pg_type AS t {}",
+        columns.join(", "),
+        joins.join(" ")
+    )
 }
 
 async fn view(ctx: &SessionContext, sql: &str) -> DfResult<Arc<dyn TableProvider>> {
@@ -194,6 +238,47 @@ pub fn set_user(ctx: &SessionContext, user: &str) {
     for name in ["current_user", "session_user", "user", "current_role"] {
         ctx.register_udf(constant_text(name, user.to_string()));
     }
+}
+
+/// `current_schema()` and `current_schemas(bool)` from the session's search path (the
+/// configured default schema), which also resolves unqualified `'name'::regclass`.
+pub fn set_schema(ctx: &SessionContext, schema: &str) {
+    ctx.register_udf(constant_text("current_schema", schema.to_string()));
+    let schema = schema.to_string();
+    ctx.register_udf(create_udf(
+        "current_schemas",
+        vec![DataType::Boolean],
+        DataType::List(Arc::new(datafusion::arrow::datatypes::Field::new(
+            "item",
+            DataType::Utf8,
+            true,
+        ))),
+        Volatility::Stable,
+        Arc::new(move |args: &[ColumnarValue]| {
+            let arrays = ColumnarValue::values_to_arrays(args)?;
+            let implicit = arrays[0]
+                .as_any()
+                .downcast_ref::<datafusion::arrow::array::BooleanArray>()
+                .ok_or_else(|| {
+                    DataFusionError::Execution("current_schemas takes a boolean".into())
+                })?;
+            let mut builder = datafusion::arrow::array::ListBuilder::new(
+                datafusion::arrow::array::StringBuilder::new(),
+            );
+            for i in 0..implicit.len() {
+                if implicit.is_null(i) {
+                    builder.append_null();
+                    continue;
+                }
+                if implicit.value(i) {
+                    builder.values().append_value("pg_catalog");
+                }
+                builder.values().append_value(&schema);
+                builder.append(true);
+            }
+            Ok(ColumnarValue::Array(Arc::new(builder.finish())))
+        }),
+    ));
 }
 
 /// PostgreSQL's `pg_size_pretty(bigint)`: bytes below 10 kB, then kB, MB, GB, TB, PB, each

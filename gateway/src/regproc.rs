@@ -1,46 +1,34 @@
-//! `'schema.name'::regproc` literals. datafusion-pg-catalog's pg_type holds `typinput`,
-//! `typreceive` and the other regproc columns as function names (text), so pgjdbc's
-//! `typinput = 'pg_catalog.array_in'::regproc` must compare names: the literal becomes the
-//! function's name, as `regproc` prints it (without the always-visible pg_catalog schema).
+//! `'schema.name'::regproc` literals and the regproc columns of pg_type.
 //!
-//! datafusion-pg-catalog's parser turns `'name'::regproc` into `(SELECT oid FROM
-//! pg_catalog.pg_proc WHERE proname = 'name')` before Lakegate sees the statement; that exact
-//! shape is recognised too.
-use datafusion::sql::sqlparser::ast::{BinaryOperator, DataType, Expr as SqlExpr, SetExpr, Value};
+//! In PostgreSQL `typinput`, `typreceive` and the other regproc columns are function oids, and
+//! clients compare them as such: pgjdbc `typinput = 'pg_catalog.array_in'::regproc`, Npgsql
+//! `JOIN pg_proc ON pg_proc.oid = a.typreceive`. datafusion-pg-catalog keeps those columns as
+//! function names and turns the literal into `(SELECT oid FROM pg_catalog.pg_proc WHERE
+//! proname = 'pg_catalog.array_in')`, which never matches a (schema-less) proname. Lakegate
+//! overlays pg_type with oid columns (pg_compat) and, here, looks literals up by their bare
+//! name; overloaded names resolve to their lowest oid.
+use datafusion::sql::sqlparser::ast::{BinaryOperator, Expr as SqlExpr, SetExpr, Value};
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+
+/// pg_type's regproc columns that Lakegate serves as oids (see pg_compat's pg_type view).
+pub const OID_COLUMNS: &[&str] = &["typinput", "typoutput", "typreceive", "typsend"];
 
 pub fn rewrite(expr: &mut SqlExpr) {
-    if let Some(name) = proc_lookup(expr) {
-        *expr = SqlExpr::value(Value::SingleQuotedString(unqualified(&name)));
+    let Some(name) = proc_lookup(expr) else {
         return;
+    };
+    let name = name
+        .strip_prefix("pg_catalog.")
+        .unwrap_or(&name)
+        .replace('\'', "''");
+    let lookup = format!("(SELECT min(oid) FROM pg_catalog.pg_proc WHERE proname = '{name}')");
+    if let Ok(parsed) = Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(&lookup)
+        .and_then(|mut p| p.parse_expr())
+    {
+        *expr = parsed;
     }
-    let SqlExpr::Cast {
-        expr: inner,
-        data_type: DataType::Custom(type_name, modifiers),
-        ..
-    } = expr
-    else {
-        return;
-    };
-    let is_regproc = modifiers.is_empty()
-        && type_name
-            .0
-            .last()
-            .and_then(|p| p.as_ident())
-            .is_some_and(|i| i.value.eq_ignore_ascii_case("regproc"));
-    if !is_regproc {
-        return;
-    }
-    let SqlExpr::Value(value) = inner.as_ref() else {
-        return;
-    };
-    let Value::SingleQuotedString(name) = &value.value else {
-        return;
-    };
-    *expr = SqlExpr::value(Value::SingleQuotedString(unqualified(name)));
-}
-
-fn unqualified(name: &str) -> String {
-    name.strip_prefix("pg_catalog.").unwrap_or(name).to_string()
 }
 
 /// The name in datafusion-pg-catalog's regproc lookup subquery.
@@ -77,36 +65,23 @@ fn proc_lookup(expr: &SqlExpr) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use datafusion::sql::sqlparser::ast::visit_expressions_mut;
-    use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
-    use datafusion::sql::sqlparser::parser::Parser;
 
     #[test]
-    fn the_catalog_parsers_lookup_becomes_a_name() {
+    fn the_catalog_parsers_lookup_uses_the_bare_name() {
         let parser = datafusion_pg_catalog::sql::PostgresCompatibilityParser::new();
         let mut statements = parser
-            .parse("SELECT typinput = 'pg_catalog.array_in'::regproc FROM pg_catalog.pg_type")
+            .parse("SELECT typname FROM pg_catalog.pg_type WHERE typinput = 'pg_catalog.array_in'::regproc")
             .expect("parses");
         let _ = visit_expressions_mut(&mut statements[0], |e| {
             super::rewrite(e);
             std::ops::ControlFlow::<()>::Continue(())
         });
-        assert_eq!(
-            statements[0].to_string(),
-            "SELECT typinput = 'array_in' FROM pg_catalog.pg_type"
-        );
-    }
-
-    #[test]
-    fn regproc_literals_become_names() {
-        let sql = "SELECT typinput = 'pg_catalog.array_in'::regproc, x::regproc FROM pg_type";
-        let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).expect("parses");
-        let _ = visit_expressions_mut(&mut statements[0], |e| {
-            super::rewrite(e);
-            std::ops::ControlFlow::<()>::Continue(())
-        });
-        assert_eq!(
-            statements[0].to_string(),
-            "SELECT typinput = 'array_in', x::regproc FROM pg_type"
+        assert!(
+            statements[0]
+                .to_string()
+                .contains("(SELECT min(oid) FROM pg_catalog.pg_proc WHERE proname = 'array_in')"),
+            "{}",
+            statements[0]
         );
     }
 }

@@ -169,17 +169,21 @@ impl Gateway {
 
     /// A TLS connector that trusts exactly the gateway's generated certificate.
     pub fn tls(&self) -> tokio_postgres_rustls::MakeRustlsConnect {
+        tokio_postgres_rustls::MakeRustlsConnect::new(self.tls_config())
+    }
+
+    /// The rustls client configuration behind `tls()`, for raw protocol tests.
+    pub fn tls_config(&self) -> ClientConfig {
         let cert = CertificateDer::from_pem_slice(&self.cert)
             .expect("PEM certificate")
             .into_owned();
         let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-        let config = ClientConfig::builder_with_provider(provider.clone())
+        ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .expect("protocol versions")
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(PinnedCert { cert, provider }))
-            .with_no_client_auth();
-        tokio_postgres_rustls::MakeRustlsConnect::new(config)
+            .with_no_client_auth()
     }
 
     /// Connects as `user` (password = user name, as in the quickstart).
@@ -200,6 +204,21 @@ impl Gateway {
             let _ = connection.await;
         });
         Ok(client)
+    }
+
+    /// CPU time the gateway process has used so far (user + system), from /proc.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .expect("gateway /proc stat");
+        // fields after the parenthesised command name; utime and stime are fields 14 and 15
+        let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks: u64 = fields
+            .get(11..13)
+            .map(|f| f.iter().filter_map(|t| t.parse::<u64>().ok()).sum())
+            .unwrap_or(0);
+        // Linux reports in USER_HZ, which is 100 on every architecture it supports
+        Duration::from_millis(ticks * 10)
     }
 
     pub fn is_running(&mut self) -> bool {

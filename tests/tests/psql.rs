@@ -69,6 +69,21 @@ fn meta_commands_show_only_what_policy_allows() {
         "{verbose}"
     );
 
+    let expanded = stdout(&psql(
+        &gateway,
+        "alice",
+        &[
+            "-c",
+            r"\x",
+            "-c",
+            "SELECT hcp_id, email FROM hcp ORDER BY hcp_id LIMIT 1",
+        ],
+    ));
+    assert!(
+        expanded.contains("-[ RECORD 1 ]") && expanded.contains("email"),
+        "{expanded}"
+    );
+
     let describe = stdout(&psql(&gateway, "carol", &["-c", r"\d+ hcp"]));
     assert!(
         describe.contains("npi") && describe.contains("National provider identifier"),

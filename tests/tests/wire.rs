@@ -467,3 +467,54 @@ async fn cursors_are_described_with_their_columns() {
         .await
         .expect("savepoints in a read-only transaction");
 }
+
+/// CPU time the gateway used over a short window.
+async fn cpu_used(gateway: &Gateway, window: Duration) -> Duration {
+    let before = gateway.cpu_time();
+    tokio::time::sleep(window).await;
+    gateway.cpu_time().saturating_sub(before)
+}
+
+#[tokio::test]
+async fn a_query_stops_when_its_client_disconnects() {
+    let gateway = Gateway::start();
+    let (client, connection) =
+        tokio_postgres::connect(&gateway.conn_str("carol", "carol"), gateway.tls())
+            .await
+            .expect("connect");
+    let connection = tokio::spawn(connection);
+    // runs for minutes; nobody cancels it: the client just goes away (a driver timeout that
+    // drops the socket, a closed laptop)
+    let query = tokio::spawn(async move {
+        let _ = client
+            .simple_query("SELECT count(*) FROM sales a, sales b, hcp c")
+            .await;
+    });
+    let window = Duration::from_millis(500);
+    let mut busy = false;
+    for _ in 0..40 {
+        if cpu_used(&gateway, window).await > window / 2 {
+            busy = true;
+            break;
+        }
+    }
+    assert!(
+        busy,
+        "the query keeps the gateway busy while the client is connected"
+    );
+    query.abort();
+    connection.abort();
+    let mut idle = false;
+    for _ in 0..40 {
+        if cpu_used(&gateway, window).await < window / 10 {
+            idle = true;
+            break;
+        }
+    }
+    assert!(idle, "the gateway stops the query once its client is gone");
+    let other = gateway.connect("alice").await;
+    assert_eq!(
+        rows(&other, "SELECT 1").await.expect("still serving"),
+        vec!["1"]
+    );
+}
