@@ -112,7 +112,8 @@ impl Lake {
     fn session_context(&self) -> SessionContext {
         let mut config = SessionConfig::new()
             .with_default_catalog_and_schema(&self.config.database, &self.default_schema)
-            .with_information_schema(true)
+            // Lakegate's own information_schema (PostgreSQL's shape) replaces DataFusion's.
+            .with_information_schema(false)
             .with_create_default_catalog_and_schema(false);
         let options = config.options_mut();
         options.sql_parser.dialect = datafusion::config::Dialect::PostgreSQL;
@@ -216,6 +217,9 @@ impl Lake {
                 let _ = catalog.deregister_schema(name, false);
             }
         }
+        crate::information_schema::install(&context, &self.config.database)
+            .await
+            .map_err(|e| StartupError::Other(format!("information_schema setup: {e}")))?;
         let settings = crate::settings::Settings::new(&self.default_schema, &Default::default());
         pg_compat::install(&context, &visible, comments, settings, &identity.name)
             .await

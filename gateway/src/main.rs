@@ -9,6 +9,7 @@ mod demo;
 mod error;
 mod gate;
 mod handler;
+mod information_schema;
 mod json_functions;
 mod lake;
 mod like_escape;

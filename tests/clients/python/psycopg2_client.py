@@ -16,13 +16,15 @@ def scenario(user):
     cur.execute("SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
                 "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind IN ('r', 'v')", ("gtm",))
     check_tables(user, [r[0] for r in cur.fetchall()])
-    cur.execute("SELECT a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod), NOT a.attnotnull, "
-                "d.description FROM pg_catalog.pg_attribute a "
-                "JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
-                "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-                "LEFT JOIN pg_catalog.pg_description d ON d.objoid = a.attrelid AND d.objsubid = a.attnum "
-                "WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 ORDER BY a.attnum", ("gtm", "hcp"))
+    # information_schema, as analysts and Power BI's navigator query it.
+    cur.execute("SELECT column_name, data_type, is_nullable = 'YES', "
+                "col_description(%s::regclass, ordinal_position) "
+                "FROM information_schema.columns WHERE table_schema = %s AND table_name = %s "
+                "ORDER BY ordinal_position", ("gtm.hcp", "gtm", "hcp"))
     check_hcp_columns(user, cur.fetchall())
+    cur.execute("SELECT data_type, numeric_precision, numeric_scale FROM information_schema.columns "
+                "WHERE table_schema = 'gtm' AND table_name = 'sales' AND column_name = 'amount'")
+    check(cur.fetchone() == ("numeric", 12, 2), "amount is numeric(12,2)")
 
     cur.execute(AGGREGATE_SQL.format(param="%s"), (MIN_UNITS,))
     check_aggregate(user, cur.fetchall())
