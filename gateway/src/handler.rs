@@ -256,18 +256,20 @@ fn format_options<C: ClientInfo + ?Sized>(client: &C) -> Arc<FormatOptions> {
 }
 
 /// Runs a plan and streams its rows. pgwire answers a cancel request that arrives while
-/// `do_query` runs; once rows stream (after `do_query` returned), a cancel request ends the
-/// stream with 57014.
+/// `do_query` runs; rows streamed after `do_query` returned claim the cancel slot themselves
+/// (`claim_cancel`), and a cancel request ends them with 57014.
 async fn execute<C: ClientInfo + ?Sized>(
     client: &C,
     session: &UserSession,
     statement: &Statement,
     plan: LogicalPlan,
     format: &Format,
+    claim_cancel: bool,
 ) -> PgWireResult<QueryResponse> {
     let cancel = client
         .session_extensions()
         .get::<Arc<ConnectionHandle>>()
+        .filter(|_| claim_cancel)
         .map(|h| (*h).clone());
     let df = session
         .context
@@ -295,7 +297,15 @@ async fn execute_copy<C: ClientInfo + ?Sized>(
     copy: &CopyOut,
 ) -> PgWireResult<Response> {
     let plan = plan_statement(session, &copy.query).await?;
-    let mut rows = execute(client, session, &copy.query, plan, &Format::UnifiedText).await?;
+    let mut rows = execute(
+        client,
+        session,
+        &copy.query,
+        plan,
+        &Format::UnifiedText,
+        true,
+    )
+    .await?;
     let names = rows
         .row_schema()
         .iter()
@@ -541,7 +551,15 @@ impl SimpleQueryHandler for QueryHandler {
             }
             let plan = plan_statement(&session, &statement).await?;
             responses.push(Response::Query(
-                execute(client, &session, &statement, plan, &Format::UnifiedText).await?,
+                execute(
+                    client,
+                    &session,
+                    &statement,
+                    plan,
+                    &Format::UnifiedText,
+                    true,
+                )
+                .await?,
             ));
         }
         Ok(responses)
@@ -672,7 +690,7 @@ impl ExtendedQueryHandler for QueryHandler {
         &self,
         client: &mut C,
         portal: &Portal<Self::Statement>,
-        _max_rows: usize,
+        max_rows: usize,
     ) -> PgWireResult<Response>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
@@ -719,14 +737,41 @@ impl ExtendedQueryHandler for QueryHandler {
             .clone()
             .replace_params_with_values(&params)
             .map_err(df_err)?;
-        execute(
+        // pgwire collects every row of an unlimited Execute (max_rows 0, what most drivers
+        // send) into memory before writing it; such results are written here, as they are
+        // produced, under pgwire's own watch for cancel requests. Limited Executes (JDBC's
+        // setFetchSize) go through pgwire's portal, which holds one batch at a time.
+        let streamed_here = max_rows == 0;
+        let response = execute(
             client,
             &session,
             statement,
             plan,
             &portal.result_column_format,
+            !streamed_here,
         )
-        .await
-        .map(Response::Query)
+        .await?;
+        if streamed_here {
+            write_rows(client, response).await
+        } else {
+            Ok(Response::Query(response))
+        }
     }
+}
+
+/// Writes a result's rows to the client as they come (the socket's backpressure bounds the
+/// buffer), then answers with the tag pgwire sends as the CommandComplete.
+async fn write_rows<C>(client: &mut C, mut response: QueryResponse) -> PgWireResult<Response>
+where
+    C: Sink<PgWireBackendMessage> + Unpin + Send,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    let tag = response.command_tag().to_string();
+    let rows = response.data_rows();
+    let mut count = 0;
+    while let Some(row) = rows.next().await {
+        futures::SinkExt::feed(client, PgWireBackendMessage::DataRow(row?)).await?;
+        count += 1;
+    }
+    Ok(Response::Execution(Tag::new(&tag).with_rows(count)))
 }

@@ -518,3 +518,38 @@ async fn a_query_stops_when_its_client_disconnects() {
         vec!["1"]
     );
 }
+
+#[tokio::test]
+async fn large_results_stream_through_without_being_held() {
+    let gateway = Gateway::start();
+    let carol = gateway.connect("carol").await;
+    // warm up: the session and its catalog are built on first use
+    assert_eq!(
+        rows(&carol, "SELECT count(*) FROM sales")
+            .await
+            .expect("count"),
+        vec!["4500"]
+    );
+    let before = gateway.peak_rss();
+    // 4.5 million rows, about 200 MB as text on the wire
+    let sql = "SELECT s.hcp_id, s.product, s.amount, s.country, g.v FROM sales s CROSS JOIN generate_series(1, 1000) AS g(v)";
+    let stream = carol
+        .query_raw(sql, std::iter::empty::<i32>())
+        .await
+        .expect("query");
+    futures::pin_mut!(stream);
+    let (mut count, mut bytes) = (0u64, 0u64);
+    while let Some(row) = futures::StreamExt::next(&mut stream).await {
+        let row = row.expect("row");
+        let product: &str = row.get(1);
+        let country: &str = row.get(3);
+        bytes += (product.len() + country.len() + 24) as u64;
+        count += 1;
+    }
+    assert_eq!(count, 4_500_000);
+    let growth = gateway.peak_rss().saturating_sub(before);
+    assert!(
+        growth < bytes / 4,
+        "the gateway's peak memory grew by {growth} bytes while streaming {bytes} bytes of rows"
+    );
+}
