@@ -9,10 +9,7 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::logical_expr::{ColumnarValue, ScalarUDF, Volatility, create_udf};
-use datafusion::sql::sqlparser::ast::{
-    Expr as SqlExpr, Function, FunctionArg, FunctionArgExpr, FunctionArgumentList,
-    FunctionArguments, Ident, ObjectName, Value,
-};
+use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, Value};
 
 const NAME: &str = "lakegate_like_escape";
 
@@ -96,23 +93,10 @@ pub fn rewrite(expr: &mut SqlExpr) {
     if matches!(&escape, Value::SingleQuotedString(s) if s == "\\") {
         return;
     }
-    let call = SqlExpr::Function(Function {
-        name: ObjectName::from(vec![Ident::new(NAME)]),
-        uses_odbc_syntax: false,
-        parameters: FunctionArguments::None,
-        args: FunctionArguments::List(FunctionArgumentList {
-            duplicate_treatment: None,
-            args: vec![
-                FunctionArg::Unnamed(FunctionArgExpr::Expr((**pattern).clone())),
-                FunctionArg::Unnamed(FunctionArgExpr::Expr(SqlExpr::value(escape))),
-            ],
-            clauses: vec![],
-        }),
-        filter: None,
-        null_treatment: None,
-        over: None,
-        within_group: vec![],
-    });
+    let call = crate::scalar_subquery::function_call(
+        NAME,
+        vec![(**pattern).clone(), SqlExpr::value(escape)],
+    );
     **pattern = call;
     *escape_char = None;
 }

@@ -299,13 +299,21 @@ fn is_catalog_table(name: &ObjectName) -> bool {
 }
 
 fn max_of(expr: SqlExpr) -> SqlExpr {
+    function_call("max", vec![expr])
+}
+
+/// `name(args...)` as a SQL expression, for the rewrites that add calls.
+pub fn function_call(name: &str, args: Vec<SqlExpr>) -> SqlExpr {
     SqlExpr::Function(Function {
-        name: ObjectName::from(vec![Ident::new("max")]),
+        name: ObjectName::from(vec![Ident::new(name)]),
         uses_odbc_syntax: false,
         parameters: FunctionArguments::None,
         args: FunctionArguments::List(FunctionArgumentList {
             duplicate_treatment: None,
-            args: vec![FunctionArg::Unnamed(FunctionArgExpr::Expr(expr))],
+            args: args
+                .into_iter()
+                .map(|a| FunctionArg::Unnamed(FunctionArgExpr::Expr(a)))
+                .collect(),
             clauses: vec![],
         }),
         filter: None,
