@@ -5,6 +5,7 @@ and UseDeclareFetch=1 (rows fetched through a server-side cursor), as Power BI u
 The driver is named by its library path (LAKEGATE_ODBC_DRIVER), so no system odbcinst.ini is
 needed and no CommLog file is written."""
 import os
+import threading
 
 import pyodbc
 
@@ -61,6 +62,18 @@ def scenario(user, declare_fetch):
         count += len(rows)
     check(count == expected_large_count(user) and count >= 100_000, f"{user}: large result {count}")
     conn.commit()
+
+    # SQLCancel from another thread sends a CancelRequest for the running statement.
+    done = threading.Event()
+    cancel_until_done(cur.cancel, done)
+    try:
+        cur.execute(LONG_SQL)
+        fail("long query was not cancelled")
+    except pyodbc.Error as e:
+        check("57014" in str(e) or "cancel" in str(e).lower(), f"cancel: {e}")
+    finally:
+        done.set()
+    conn.rollback()
 
     cur.execute("SELECT 1")
     check(cur.fetchone()[0] == 1, "usable")
