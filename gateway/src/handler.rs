@@ -456,6 +456,69 @@ fn show<C: ClientInfo + ?Sized>(
     })
 }
 
+/// `SET search_path TO a, b`: unqualified names now resolve in the first listed schema the
+/// user has (or, if none, the first listed, where they will not be found, as in PostgreSQL),
+/// and SHOW reports the list. False if the statement is something else.
+fn set_search_path<C: ClientInfo + ?Sized>(
+    client: &mut C,
+    session: &UserSession,
+    statement: &Statement,
+) -> bool {
+    let Statement::Set(datafusion::sql::sqlparser::ast::Set::SingleAssignment {
+        variable,
+        values,
+        ..
+    }) = statement
+    else {
+        return false;
+    };
+    if !variable.to_string().eq_ignore_ascii_case("search_path") {
+        return false;
+    }
+    let shown: Vec<String> = values.iter().map(|v| v.to_string()).collect();
+    client
+        .metadata_mut()
+        .insert("search_path".to_string(), shown.join(", "));
+    let names: Vec<String> = values
+        .iter()
+        .map(|v| match v {
+            datafusion::sql::sqlparser::ast::Expr::Identifier(i) => i.value.clone(),
+            other => other.to_string().trim_matches('\'').to_string(),
+        })
+        .filter(|n| n != "pg_catalog" && n != "$user")
+        .collect();
+    let catalog = session
+        .context
+        .state()
+        .config()
+        .options()
+        .catalog
+        .default_catalog
+        .clone();
+    let existing = session
+        .context
+        .catalog(&catalog)
+        .map(|c| c.schema_names())
+        .unwrap_or_default();
+    let Some(schema) = names
+        .iter()
+        .find(|n| existing.contains(n))
+        .or_else(|| names.first())
+    else {
+        return true;
+    };
+    session
+        .context
+        .state_ref()
+        .write()
+        .config_mut()
+        .options_mut()
+        .catalog
+        .default_schema = schema.clone();
+    pg_compat::set_schema(&session.context, schema);
+    true
+}
+
 /// `SHOW TIME ZONE` is `SHOW TimeZone`; other names are one identifier.
 fn show_name(variable: &[datafusion::sql::sqlparser::ast::Ident]) -> String {
     let words: Vec<String> = variable
@@ -515,6 +578,10 @@ impl SimpleQueryHandler for QueryHandler {
             }
             if let Some(response) = show(&self.lake, client, &statement) {
                 responses.push(response?);
+                continue;
+            }
+            if set_search_path(client, &session, &statement) {
+                responses.push(Response::Execution(Tag::new("SET")));
                 continue;
             }
             if let Some(copy) = copy_out(&statement)? {
@@ -710,6 +777,9 @@ impl ExtendedQueryHandler for QueryHandler {
         }
         if let Some(response) = show(&self.lake, client, statement) {
             return Ok(response?);
+        }
+        if set_search_path(client, &session, statement) {
+            return Ok(Response::Execution(Tag::new("SET")));
         }
         if let Some(copy) = copy_out(statement)? {
             return execute_copy(client, &session, &copy).await;

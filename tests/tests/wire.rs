@@ -493,7 +493,8 @@ async fn a_query_stops_when_its_client_disconnects() {
     let window = Duration::from_millis(500);
     let mut busy = false;
     for _ in 0..40 {
-        if cpu_used(&gateway, window).await > window / 2 {
+        // a fifth of a core: other tests share this machine's two cores
+        if cpu_used(&gateway, window).await > window / 5 {
             busy = true;
             break;
         }
@@ -506,7 +507,7 @@ async fn a_query_stops_when_its_client_disconnects() {
     connection.abort();
     let mut idle = false;
     for _ in 0..40 {
-        if cpu_used(&gateway, window).await < window / 10 {
+        if cpu_used(&gateway, window).await < window / 20 {
             idle = true;
             break;
         }
@@ -551,5 +552,54 @@ async fn large_results_stream_through_without_being_held() {
     assert!(
         growth < bytes / 4,
         "the gateway's peak memory grew by {growth} bytes while streaming {bytes} bytes of rows"
+    );
+}
+
+#[tokio::test]
+async fn search_path_decides_where_unqualified_names_resolve() {
+    let gateway = Gateway::start();
+    let alice = gateway.connect("alice").await;
+    assert_eq!(
+        rows(&alice, "SELECT count(*) FROM hcp")
+            .await
+            .expect("default schema"),
+        vec!["1000"]
+    );
+    rows(&alice, "SET search_path TO public")
+        .await
+        .expect("SET");
+    assert_eq!(
+        sqlstate(rows(&alice, "SELECT count(*) FROM hcp").await),
+        "42P01"
+    );
+    assert_eq!(
+        rows(&alice, "SHOW search_path").await.expect("SHOW"),
+        vec!["public"]
+    );
+    assert_eq!(
+        rows(&alice, "SELECT current_schema()")
+            .await
+            .expect("schema"),
+        vec!["public"]
+    );
+    rows(&alice, "SET search_path = \"$user\", gtm")
+        .await
+        .expect("SET");
+    assert_eq!(
+        rows(&alice, "SELECT count(*) FROM hcp")
+            .await
+            .expect("gtm again"),
+        vec!["1000"]
+    );
+    assert_eq!(
+        rows(&alice, "SELECT current_schema()")
+            .await
+            .expect("schema"),
+        vec!["gtm"]
+    );
+    // qualified names never depended on it, and policy is the same either way
+    assert_eq!(
+        sqlstate(rows(&alice, "SELECT * FROM gtm.patients").await),
+        "42P01"
     );
 }
