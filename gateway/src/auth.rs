@@ -29,6 +29,7 @@ use ring::{digest, hmac};
 use tokio::sync::Mutex;
 
 use crate::config::Config;
+use crate::oidc::OidcVerifier;
 
 pub const MECHANISM: &str = "SCRAM-SHA-256";
 pub const ITERATIONS: u32 = 4096;
@@ -99,14 +100,21 @@ pub fn validate_users(config: &Config) -> Result<(), String> {
 pub struct LocalUsers {
     config: Arc<Config>,
     decoy_secret: [u8; 32],
+    oidc: Arc<OidcVerifier>,
 }
 
 impl LocalUsers {
-    pub fn new(config: Arc<Config>) -> Self {
+    pub fn new(config: Arc<Config>, oidc: Arc<OidcVerifier>) -> Self {
         LocalUsers {
             config,
             decoy_secret: rand::random(),
+            oidc,
         }
+    }
+
+    /// Users who are not local users log in with a company token when issuers are configured.
+    fn logs_in_with_token(&self, user: &str) -> bool {
+        self.oidc.is_enabled() && self.config.user(user).is_none()
     }
 
     /// The user's verifier; for an unknown user a decoy whose salt is stable per name, so
@@ -131,6 +139,8 @@ impl LocalUsers {
 
 enum State {
     Initial,
+    /// a cleartext password (the token) was asked for
+    TokenRequested,
     /// server-first sent; what the final step needs
     ServerFirstSent {
         verifier: Verifier,
@@ -219,6 +229,48 @@ fn split_client_first(message: &str) -> PgWireResult<(String, String)> {
     Ok((format!("{cbind},{authzid},"), bare.to_string()))
 }
 
+/// Like PostgreSQL, the database is checked once the user is authenticated.
+fn check_database<C: ClientInfo>(client: &C, expected: &str) -> PgWireResult<()> {
+    let database = client
+        .metadata()
+        .get(pgwire::api::METADATA_DATABASE)
+        .cloned()
+        .unwrap_or_default();
+    if database != expected {
+        return Err(fatal(
+            "3D000",
+            &format!("database \"{database}\" does not exist"),
+            None,
+        ));
+    }
+    Ok(())
+}
+
+impl ScramStartup {
+    /// After a successful authentication: cancel key, connection registration, the watch on
+    /// the peer, then AuthenticationOk and the server parameters.
+    async fn complete_login<C>(&self, client: &mut C, user: &str) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        check_database(client, &self.users.config.database)?;
+        let (pid, secret) = self.pids.generate(client);
+        client.set_pid_and_secret_key(pid, secret.clone());
+        let (handle, guard): (Arc<ConnectionHandle>, ConnectionGuard) =
+            self.connections.register(pid, secret);
+        client.session_extensions().insert(handle);
+        client.session_extensions().insert(guard);
+        if let Some(peer) = &self.peer {
+            client.session_extensions().insert(peer.clone());
+        }
+        finish_authentication(client, self.parameters.as_ref()).await?;
+        tracing::info!(user = %user, "logged in");
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl StartupHandler for ScramStartup {
     async fn on_startup<C>(
@@ -243,6 +295,29 @@ impl StartupHandler for ScramStartup {
                 protocol_negotiation(client, &startup).await?;
                 save_startup_parameters_to_metadata(client, &startup);
                 client.set_state(PgWireConnectionState::AuthenticationInProgress);
+                let user = client
+                    .metadata()
+                    .get(pgwire::api::METADATA_USER)
+                    .cloned()
+                    .unwrap_or_default();
+                if self.users.logs_in_with_token(&user) {
+                    // The token arrives as the password: only ever inside TLS.
+                    if !client.is_secure() {
+                        tracing::info!(user = %user, "token login refused: connection is not encrypted");
+                        return Err(fatal(
+                            "28000",
+                            "connection requires TLS",
+                            Some("connect with sslmode=require"),
+                        ));
+                    }
+                    *self.state.lock().await = State::TokenRequested;
+                    client
+                        .send(PgWireBackendMessage::Authentication(
+                            Authentication::CleartextPassword,
+                        ))
+                        .await?;
+                    return Ok(());
+                }
                 client
                     .send(PgWireBackendMessage::Authentication(Authentication::SASL(
                         vec![MECHANISM.to_string()],
@@ -258,6 +333,21 @@ impl StartupHandler for ScramStartup {
                     .unwrap_or_default();
                 let mut state = self.state.lock().await;
                 match std::mem::replace(&mut *state, State::Done) {
+                    State::TokenRequested => {
+                        let token = msg.into_password()?.password;
+                        match self.users.oidc.verify(token.trim(), &user).await {
+                            Ok(identity) => {
+                                tracing::info!(user = %user, groups = ?identity.groups, "token accepted");
+                                client.session_extensions().insert(identity);
+                            }
+                            Err(reason) => {
+                                // The reason is for operators; the client learns nothing.
+                                tracing::info!(user = %user, %reason, "token login failed");
+                                return Err(PgWireError::InvalidPassword(user));
+                            }
+                        }
+                        self.complete_login(client, &user).await
+                    }
                     State::Initial => {
                         let initial = msg.into_sasl_initial_response()?;
                         if initial.auth_method != MECHANISM {
@@ -342,19 +432,6 @@ impl StartupHandler for ScramStartup {
                             tracing::info!(user = %user, "password authentication failed");
                             return Err(PgWireError::InvalidPassword(user));
                         }
-                        // Like PostgreSQL, the database is checked once the user is authenticated.
-                        let database = client
-                            .metadata()
-                            .get(pgwire::api::METADATA_DATABASE)
-                            .cloned()
-                            .unwrap_or_default();
-                        if database != self.users.config.database {
-                            return Err(fatal(
-                                "3D000",
-                                &format!("database \"{database}\" does not exist"),
-                                None,
-                            ));
-                        }
                         let server_signature =
                             hmac_sha256(&verifier.server_key, auth_message.as_bytes());
                         let server_final = format!("v={}", STANDARD.encode(server_signature));
@@ -363,18 +440,7 @@ impl StartupHandler for ScramStartup {
                                 Authentication::SASLFinal(server_final.into_bytes().into()),
                             ))
                             .await?;
-                        let (pid, secret) = self.pids.generate(client);
-                        client.set_pid_and_secret_key(pid, secret.clone());
-                        let (handle, guard): (Arc<ConnectionHandle>, ConnectionGuard) =
-                            self.connections.register(pid, secret);
-                        client.session_extensions().insert(handle);
-                        client.session_extensions().insert(guard);
-                        if let Some(peer) = &self.peer {
-                            client.session_extensions().insert(peer.clone());
-                        }
-                        finish_authentication(client, self.parameters.as_ref()).await?;
-                        tracing::info!(user = %user, "logged in");
-                        Ok(())
+                        self.complete_login(client, &user).await
                     }
                     State::Done => Err(malformed("unexpected message after authentication")),
                 }

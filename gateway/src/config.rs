@@ -31,6 +31,51 @@ pub struct Config {
     /// Local users (service users and the quickstart's demo users).
     #[serde(default)]
     pub users: Vec<UserConfig>,
+    /// OpenID Connect issuers whose tokens are accepted as passwords (over TLS only) by users
+    /// that are not local users. Default: none.
+    #[serde(default)]
+    pub oidc: Vec<OidcIssuerConfig>,
+}
+
+/// One trusted token issuer (see README, "Log in with a company token").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcIssuerConfig {
+    /// The issuer URL, exactly as tokens carry it in `iss`. Discovery is read from
+    /// `<issuer>/.well-known/openid-configuration`. https, or http on 127.0.0.1/localhost only.
+    pub issuer: String,
+    /// The audience tokens must be issued for (`aud`).
+    pub audience: String,
+    /// The claim holding the user name, which must equal the name the client logs in with.
+    /// Default `preferred_username`.
+    #[serde(default = "default_username_claim")]
+    pub username_claim: String,
+    /// The claim holding the user's groups (an array of strings, or one string). Default `groups`.
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    /// Claims copied into the user's attributes, usable in row filters as `${user.<claim>}`.
+    #[serde(default)]
+    pub attribute_claims: Vec<String>,
+    /// Signature algorithms accepted. Default `[RS256]`. Only asymmetric ones (RS*, PS*, ES*,
+    /// EdDSA) can be configured: a shared secret cannot be published in a JWKS.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds. Default 60.
+    #[serde(default = "default_clock_skew")]
+    pub clock_skew_seconds: u64,
+}
+
+fn default_username_claim() -> String {
+    "preferred_username".to_string()
+}
+fn default_groups_claim() -> String {
+    "groups".to_string()
+}
+fn default_algorithms() -> Vec<String> {
+    vec!["RS256".to_string()]
+}
+fn default_clock_skew() -> u64 {
+    60
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -76,7 +76,15 @@ async fn user_session<C: ClientInfo + ?Sized>(
         .get(pgwire::api::METADATA_USER)
         .cloned()
         .unwrap_or_default();
-    let Some(identity) = lake.identity_of(&user) else {
+    // A token login left the identity its token proves; local users are in the config.
+    let identity = match client
+        .session_extensions()
+        .get::<lakegate_policy::Identity>()
+    {
+        Some(identity) => Some((*identity).clone()),
+        None => lake.identity_of(&user),
+    };
+    let Some(identity) = identity else {
         return Err(QueryError::refused("permission denied: unknown user", "").into());
     };
     let session = lake.session_for(identity).await.map_err(|e| {

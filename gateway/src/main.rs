@@ -13,6 +13,7 @@ mod information_schema;
 mod json_functions;
 mod lake;
 mod like_escape;
+mod oidc;
 mod peer;
 mod pg_compat;
 mod regproc;
@@ -189,6 +190,12 @@ fn load_lake(config_path: &Path) -> Result<Lake, StartupError> {
 async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), StartupError> {
     let lake = Arc::new(load_lake(config_path)?);
     let tls = tls::acceptor(&lake.config.tls)?;
+    let oidc = Arc::new(
+        oidc::OidcVerifier::new(&lake.config.oidc).map_err(|message| StartupError::Config {
+            path: config_path.to_path_buf(),
+            message,
+        })?,
+    );
     let addr = listen.unwrap_or_else(|| lake.config.listen.clone());
     let listener = TcpListener::bind(&addr)
         .await
@@ -205,7 +212,7 @@ async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Startup
     tracing::info!(rules = lake.policy.rule_count(), database = %lake.config.database, "policy loaded");
     // Tests and scripts wait for this exact line on stdout.
     println!("lakegate listening on {local}");
-    server::Server::new(lake, Some(tls))
+    server::Server::new(lake, Some(tls), oidc)
         .serve(listener)
         .await
         .map_err(|source| StartupError::Listen { addr, source })

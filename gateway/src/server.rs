@@ -14,6 +14,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::auth::{LocalUsers, ScramStartup};
 use crate::handler::QueryHandler;
 use crate::lake::Lake;
+use crate::oidc::OidcVerifier;
 use crate::pg_compat;
 
 pub struct Server {
@@ -27,14 +28,14 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn new(lake: Arc<Lake>, tls: Option<TlsAcceptor>) -> Self {
+    pub fn new(lake: Arc<Lake>, tls: Option<TlsAcceptor>, oidc: Arc<OidcVerifier>) -> Self {
         let mut parameters = DefaultServerParameterProvider::default();
         parameters.server_version = pg_compat::server_version();
         parameters.search_path = lake.default_schema.clone();
         parameters.is_superuser = false;
         parameters.default_transaction_read_only = true;
         Server {
-            users: Arc::new(LocalUsers::new(lake.config.clone())),
+            users: Arc::new(LocalUsers::new(lake.config.clone(), oidc)),
             query: Arc::new(QueryHandler::new(lake.clone())),
             connections: Arc::new(ConnectionManager::new()),
             pids: Arc::new(RandomPidSecretKeyGenerator::default()),

@@ -65,15 +65,20 @@ pub struct Gateway {
 impl Gateway {
     /// Starts the quickstart configuration on 127.0.0.1:0 with its own certificate folder.
     pub fn start() -> Gateway {
-        Self::start_inner(None)
+        Self::start_inner(None, "")
+    }
+
+    /// The quickstart with more top-level configuration (YAML appended to the config file).
+    pub fn start_with_config(extra: &str) -> Gateway {
+        Self::start_inner(None, extra)
     }
 
     /// The quickstart's catalog and users with another policy (one YAML file's text).
     pub fn start_with_policy(policy: &str) -> Gateway {
-        Self::start_inner(Some(policy))
+        Self::start_inner(Some(policy), "")
     }
 
-    fn start_inner(policy: Option<&str>) -> Gateway {
+    fn start_inner(policy: Option<&str>, extra_config: &str) -> Gateway {
         DEMO_DATA.call_once(|| {
             let status = Command::new(binary())
                 .args(["generate-demo", "--dir"])
@@ -116,6 +121,7 @@ impl Gateway {
                 "key: certs/server.key",
                 &format!("key: {}", dir.join("server.key").display()),
             );
+        let config = format!("{config}\n{extra_config}\n");
         std::fs::write(dir.join("lakegate.yaml"), config).expect("write config");
         Self::start_with(&dir.join("lakegate.yaml"), dir)
     }
