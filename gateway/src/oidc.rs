@@ -187,26 +187,23 @@ impl OidcVerifier {
     }
 
     async fn fetch_keys(&self, issuer: &str) -> Result<JwkSet, TokenError> {
-        let keys = |e: reqwest::Error| TokenError::Keys(e.without_url().to_string());
         let discovery: Value = self
-            .http
-            .get(format!(
+            .get_json(&format!(
                 "{}/.well-known/openid-configuration",
                 issuer.trim_end_matches('/')
             ))
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .map_err(keys)?
-            .json()
-            .await
-            .map_err(keys)?;
+            .await?;
         let jwks_uri = discovery
             .get("jwks_uri")
             .and_then(Value::as_str)
             .ok_or_else(|| TokenError::Keys("discovery document has no jwks_uri".into()))?;
+        self.get_json(jwks_uri).await
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, TokenError> {
+        let keys = |e: reqwest::Error| TokenError::Keys(e.without_url().to_string());
         self.http
-            .get(jwks_uri)
+            .get(url)
             .send()
             .await
             .and_then(reqwest::Response::error_for_status)
