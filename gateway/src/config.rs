@@ -63,6 +63,10 @@ pub struct OidcIssuerConfig {
     /// Clock skew allowed on `exp` and `nbf`, in seconds. Default 60.
     #[serde(default = "default_clock_skew")]
     pub clock_skew_seconds: u64,
+    /// A token signed with a key the gateway does not know makes it fetch the issuer's keys
+    /// again, at most once in this many seconds. Default 30.
+    #[serde(default = "default_key_refresh")]
+    pub key_refresh_seconds: u64,
 }
 
 fn default_username_claim() -> String {
@@ -76,6 +80,9 @@ fn default_algorithms() -> Vec<String> {
 }
 fn default_clock_skew() -> u64 {
     60
+}
+fn default_key_refresh() -> u64 {
+    30
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -7,7 +7,8 @@
 //! issuer in `iss` and the configured audience in `aud`, be within `exp`/`nbf` give or take the
 //! configured clock skew, and name the user who logs in. Signing keys come from the issuer's
 //! discovery document and JWKS, cached; an unknown `kid` refreshes them at most once per
-//! `REFRESH_INTERVAL` per issuer (a flood of forged kids cannot make the gateway hammer the IdP).
+//! `key_refresh_seconds` per issuer (a flood of forged kids cannot make the gateway hammer the
+//! IdP).
 use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -23,8 +24,6 @@ use crate::config::OidcIssuerConfig;
 
 /// Tokens longer than this are refused before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
-/// How often an unknown `kid` may make the gateway fetch an issuer's keys again.
-const REFRESH_INTERVAL: Duration = Duration::from_secs(30);
 /// How long fetched keys are used before they are fetched again anyway.
 const KEYS_TTL: Duration = Duration::from_secs(3600);
 
@@ -167,7 +166,8 @@ impl OidcVerifier {
         let age = keys.fetched.map(|t| t.elapsed());
         let stale = age.is_none_or(|a| a > KEYS_TTL);
         let missing = keys.set.as_ref().is_none_or(|s| s.find(kid).is_none());
-        let may_refresh = age.is_none_or(|a| a > REFRESH_INTERVAL);
+        let interval = Duration::from_secs(issuer.config.key_refresh_seconds);
+        let may_refresh = age.is_none_or(|a| a >= interval);
         if stale || (missing && may_refresh) {
             match self.fetch_keys(&issuer.config.issuer).await {
                 Ok(set) => keys.set = Some(Arc::new(set)),
@@ -272,6 +272,7 @@ mod tests {
             attribute_claims: vec!["country".into()],
             algorithms: vec!["RS256".into()],
             clock_skew_seconds: 60,
+            key_refresh_seconds: 30,
         }
     }
 
