@@ -28,8 +28,11 @@ use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use ring::{digest, hmac};
 use tokio::sync::Mutex;
 
-use crate::config::Config;
+use crate::config::{Config, TokenLogin};
 use crate::oidc::OidcVerifier;
+use lakegate_policy::Identity;
+use pgwire::api::auth::sasl::oauth::{Oauth, OauthValidator, ValidatorModuleResult};
+use pgwire::api::auth::sasl::{OAUTHBEARER_METHOD, SASLState};
 
 pub const MECHANISM: &str = "SCRAM-SHA-256";
 pub const ITERATIONS: u32 = 4096;
@@ -141,6 +144,12 @@ enum State {
     Initial,
     /// a cleartext password (the token) was asked for
     TokenRequested,
+    /// SASL OAUTHBEARER (PostgreSQL 18 OAuth), run by pgwire's exchange with our validator
+    OAuth {
+        exchange: Oauth,
+        sasl: SASLState,
+        proven: Arc<std::sync::Mutex<Option<Identity>>>,
+    },
     /// server-first sent; what the final step needs
     ServerFirstSent {
         verifier: Verifier,
@@ -229,6 +238,52 @@ fn split_client_first(message: &str) -> PgWireResult<(String, String)> {
     Ok((format!("{cbind},{authzid},"), bare.to_string()))
 }
 
+/// PostgreSQL 18's answer to a failed OAUTHBEARER login.
+fn oauth_failed(user: &str) -> PgWireError {
+    fatal(
+        "28000",
+        &format!("OAuth bearer authentication failed for user \"{user}\""),
+        None,
+    )
+}
+
+/// pgwire's OAUTHBEARER exchange asks this whether a bearer token is good; the identity it
+/// proves is kept for the connection.
+#[derive(Debug)]
+struct TokenValidator {
+    verifier: Arc<OidcVerifier>,
+    proven: Arc<std::sync::Mutex<Option<Identity>>>,
+}
+
+#[async_trait]
+impl OauthValidator for TokenValidator {
+    async fn validate(
+        &self,
+        token: &str,
+        username: &str,
+        _issuer: &str,
+        _required_scopes: &str,
+    ) -> PgWireResult<ValidatorModuleResult> {
+        let authorized = match self.verifier.verify(token, username).await {
+            Ok(identity) => {
+                if let Ok(mut slot) = self.proven.lock() {
+                    *slot = Some(identity);
+                }
+                true
+            }
+            Err(reason) => {
+                tracing::info!(user = %username, %reason, "OAUTHBEARER token refused");
+                false
+            }
+        };
+        Ok(ValidatorModuleResult {
+            authorized,
+            authn_id: authorized.then(|| username.to_string()),
+            metadata: None,
+        })
+    }
+}
+
 /// Like PostgreSQL, the database is checked once the user is authenticated.
 fn check_database<C: ClientInfo>(client: &C, expected: &str) -> PgWireResult<()> {
     let database = client
@@ -310,6 +365,26 @@ impl StartupHandler for ScramStartup {
                             Some("connect with sslmode=require"),
                         ));
                     }
+                    if self.users.config.token_login == TokenLogin::Oauthbearer
+                        && let Some((issuer, scope)) = self.users.oidc.discovery_issuer()
+                    {
+                        let proven = Arc::new(std::sync::Mutex::new(None));
+                        let validator = Arc::new(TokenValidator {
+                            verifier: self.users.oidc.clone(),
+                            proven: proven.clone(),
+                        });
+                        *self.state.lock().await = State::OAuth {
+                            exchange: Oauth::new(issuer.to_string(), scope.to_string(), validator),
+                            sasl: SASLState::OauthStateInit,
+                            proven,
+                        };
+                        client
+                            .send(PgWireBackendMessage::Authentication(Authentication::SASL(
+                                vec![OAUTHBEARER_METHOD.to_string()],
+                            )))
+                            .await?;
+                        return Ok(());
+                    }
                     *self.state.lock().await = State::TokenRequested;
                     client
                         .send(PgWireBackendMessage::Authentication(
@@ -333,6 +408,38 @@ impl StartupHandler for ScramStartup {
                     .unwrap_or_default();
                 let mut state = self.state.lock().await;
                 match std::mem::replace(&mut *state, State::Done) {
+                    State::OAuth {
+                        exchange,
+                        sasl,
+                        proven,
+                    } => match exchange.process_oauth_message(client, msg, &sasl).await {
+                        Ok((Some(reply), next)) => {
+                            // discovery: the error that starts the client's device flow
+                            client
+                                .send(PgWireBackendMessage::Authentication(reply))
+                                .await?;
+                            *state = State::OAuth {
+                                exchange,
+                                sasl: next,
+                                proven,
+                            };
+                            Ok(())
+                        }
+                        Ok((None, _)) => {
+                            let identity = proven.lock().ok().and_then(|mut p| p.take());
+                            let Some(identity) = identity else {
+                                return Err(oauth_failed(&user));
+                            };
+                            drop(state);
+                            client.session_extensions().insert(identity);
+                            self.complete_login(client, &user).await
+                        }
+                        Err(PgWireError::OAuthAuthenticationFailed(reason)) => {
+                            tracing::info!(user = %user, %reason, "OAUTHBEARER login failed");
+                            Err(oauth_failed(&user))
+                        }
+                        Err(other) => Err(other),
+                    },
                     State::TokenRequested => {
                         let token = msg.into_password()?.password;
                         match self.users.oidc.verify(token.trim(), &user).await {

@@ -35,6 +35,19 @@ pub struct Config {
     /// that are not local users. Default: none.
     #[serde(default)]
     pub oidc: Vec<OidcIssuerConfig>,
+    /// How token users present their token: `password` (the token as the password; every
+    /// PostgreSQL client can) or `oauthbearer` (SASL OAUTHBEARER, PostgreSQL 18's OAuth: libpq 18
+    /// clients discover the first issuer and run its device flow). Default `password`.
+    #[serde(default)]
+    pub token_login: TokenLogin,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenLogin {
+    #[default]
+    Password,
+    Oauthbearer,
 }
 
 /// One trusted token issuer (see README, "Log in with a company token").
@@ -67,6 +80,9 @@ pub struct OidcIssuerConfig {
     /// again, at most once in this many seconds. Default 30.
     #[serde(default = "default_key_refresh")]
     pub key_refresh_seconds: u64,
+    /// The scope OAUTHBEARER clients are told to request. Default `openid`.
+    #[serde(default = "default_scope")]
+    pub scope: String,
 }
 
 fn default_username_claim() -> String {
@@ -83,6 +99,9 @@ fn default_clock_skew() -> u64 {
 }
 fn default_key_refresh() -> u64 {
     30
+}
+fn default_scope() -> String {
+    "openid".to_string()
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -68,6 +68,19 @@ pub struct OidcVerifier {
     http: reqwest::Client,
 }
 
+impl std::fmt::Debug for OidcVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let issuers: Vec<&str> = self
+            .issuers
+            .iter()
+            .map(|i| i.config.issuer.as_str())
+            .collect();
+        f.debug_struct("OidcVerifier")
+            .field("issuers", &issuers)
+            .finish()
+    }
+}
+
 /// Checks the configured issuers: URL scheme and algorithms.
 fn issuer(config: &OidcIssuerConfig) -> Result<Issuer, String> {
     let url = reqwest::Url::parse(&config.issuer)
@@ -118,6 +131,13 @@ impl OidcVerifier {
 
     pub fn is_enabled(&self) -> bool {
         !self.issuers.is_empty()
+    }
+
+    /// The issuer OAUTHBEARER clients are pointed at (the first configured), and its scope.
+    pub fn discovery_issuer(&self) -> Option<(&str, &str)> {
+        self.issuers
+            .first()
+            .map(|i| (i.config.issuer.as_str(), i.config.scope.as_str()))
     }
 
     /// The identity a token proves for `login_user`, or why it proves nothing.
@@ -273,6 +293,7 @@ mod tests {
             algorithms: vec!["RS256".into()],
             clock_skew_seconds: 60,
             key_refresh_seconds: 30,
+            scope: "openid".into(),
         }
     }
 

@@ -9,73 +9,39 @@
 //! every type row; an error or a missing core type would fail Power BI's connection.
 use std::collections::HashMap;
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use fallible_iterator::FallibleIterator;
+use lakegate_e2e::raw::Conn;
 use lakegate_e2e::{Gateway, workspace};
 use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
-use rustls_pki_types::ServerName;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
-use tokio_rustls::client::TlsStream;
 
-struct Conn {
-    stream: TlsStream<TcpStream>,
-    buffer: BytesMut,
+/// Npgsql 4.0's connection open: its startup parameters (NpgsqlConnector.GenerateStartupMessage:
+/// user, client_encoding, database), then SCRAM.
+async fn open(gateway: &Gateway, user: &str) -> Conn {
+    let mut conn = Conn::start(
+        gateway,
+        &[
+            ("user", user),
+            ("client_encoding", "UTF8"),
+            ("database", "gtm"),
+        ],
+    )
+    .await;
+    Npgsql(&mut conn).authenticate(user).await;
+    conn
 }
 
-impl Conn {
-    async fn open(gateway: &Gateway, user: &str) -> Conn {
-        let mut tcp = TcpStream::connect(("127.0.0.1", gateway.port))
-            .await
-            .expect("connect");
-        let mut request = BytesMut::new();
-        frontend::ssl_request(&mut request);
-        tcp.write_all(&request).await.expect("SSLRequest");
-        let mut answer = [0u8; 1];
-        tcp.read_exact(&mut answer).await.expect("SSL answer");
-        assert_eq!(&answer, b"S", "the gateway accepts TLS");
-        let stream = TlsConnector::from(std::sync::Arc::new(gateway.tls_config()))
-            .connect(ServerName::try_from("localhost").expect("name"), tcp)
-            .await
-            .expect("TLS handshake");
-        let mut conn = Conn {
-            stream,
-            buffer: BytesMut::new(),
-        };
-        // Npgsql 4.0 NpgsqlConnector.GenerateStartupMessage: user, client_encoding, database.
-        let mut startup = BytesMut::new();
-        frontend::startup_message(
-            [
-                ("user", user),
-                ("client_encoding", "UTF8"),
-                ("database", "gtm"),
-            ],
-            &mut startup,
-        )
-        .expect("startup");
-        conn.send(startup).await;
-        conn.authenticate(user).await;
-        conn
-    }
+struct Npgsql<'a>(&'a mut Conn);
 
+impl Npgsql<'_> {
     async fn send(&mut self, bytes: BytesMut) {
-        self.stream.write_all(&bytes).await.expect("write");
-        self.stream.flush().await.expect("flush");
+        self.0.send(bytes).await
     }
 
     async fn next(&mut self) -> Message {
-        loop {
-            if let Some(message) = Message::parse(&mut self.buffer).expect("backend message") {
-                return message;
-            }
-            let mut chunk = [0u8; 16384];
-            let n = self.stream.read(&mut chunk).await.expect("read");
-            assert!(n > 0, "the gateway closed the connection");
-            self.buffer.put_slice(&chunk[..n]);
-        }
+        self.0.next().await
     }
 
     async fn authenticate(&mut self, user: &str) {
@@ -197,7 +163,8 @@ fn text(value: &Option<Vec<u8>>) -> String {
 #[tokio::test]
 async fn npgsql_4_connection_open_and_type_loading() {
     let gateway = Gateway::start();
-    let mut conn = Conn::open(&gateway, "alice").await;
+    let mut conn = open(&gateway, "alice").await;
+    let mut conn = Npgsql(&mut conn);
 
     let script =
         std::fs::read_to_string(workspace().join("tests/clients/npgsql/type_loading_4.0.sql"))
