@@ -6,6 +6,10 @@
 //! exchange is small and fully specified (RFC 5802, RFC 7677), so it is done here with ring's
 //! HMAC, SHA-256 and constant-time comparison. Channel binding (SCRAM-SHA-256-PLUS) is not
 //! offered yet.
+//!
+//! Users who are not local users log in with a company token when issuers are configured:
+//! as the password, or through PostgreSQL 18's SASL OAUTHBEARER (pgwire's exchange); oidc.rs
+//! checks the token either way.
 use std::fmt::Debug;
 use std::sync::Arc;
 
@@ -161,7 +165,8 @@ enum State {
     Done,
 }
 
-/// The startup phase of one connection: SCRAM-SHA-256 over TLS.
+/// The startup phase of one connection, over TLS: SCRAM-SHA-256 for local users, a company
+/// token for others.
 pub struct ScramStartup {
     users: Arc<LocalUsers>,
     parameters: Arc<DefaultServerParameterProvider>,
