@@ -182,6 +182,11 @@ fn load_lake(config_path: &Path) -> Result<Lake, StartupError> {
         path: config_path.to_path_buf(),
         message,
     })?;
+    // Checked here too, so `lakegate check` reports a bad issuer before a deployment does.
+    oidc::OidcVerifier::new(&config.oidc).map_err(|message| StartupError::Config {
+        path: config_path.to_path_buf(),
+        message,
+    })?;
     let catalog = LocalCatalog::load(&config.catalog)?;
     let policy = load_policy(&config.policy)?;
     Lake::new(Arc::new(config), catalog, policy)

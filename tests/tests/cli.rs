@@ -65,3 +65,16 @@ fn rules_that_do_not_compile_are_reported_with_their_location() {
     );
     assert!(text.contains("no_such_column"), "{text}");
 }
+
+#[test]
+fn token_issuers_are_checked() {
+    let config = config_with_policy("issuer", "rules: []\n");
+    let mut text = std::fs::read_to_string(&config).expect("config");
+    text.push_str(
+        "\noidc:\n  - issuer: http://idp.example.com\n    audience: lakegate\n    algorithms: [HS256]\n",
+    );
+    std::fs::write(&config, text).expect("config");
+    let (ok, text) = check(&config);
+    assert!(!ok, "an http issuer off localhost is refused: {text}");
+    assert!(text.contains("must be https"), "{text}");
+}
