@@ -1,0 +1,179 @@
+//! Issue 6, item 4: the cost policy adds to planning a BI-sized query, with 10, 100 and 1,000
+//! rules, against the same query planned by DataFusion over the same tables without policy
+//! (the peer, measured in the same run). `cargo bench -p lakegate-policy`.
+//!
+//! A BI-sized query here: three tables of 30 columns joined, filtered, grouped and ordered, as a
+//! dashboard tile sends it. The user's rule is the last of the N (first match scans them all);
+//! it filters rows and masks two columns of each table.
+use std::sync::Arc;
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::catalog::MemTable;
+use datafusion::common::TableReference;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::optimizer::Analyzer;
+use datafusion::prelude::SessionContext;
+use lakegate_policy::{
+    ColumnMeta, Decision, EnforcePolicy, Identity, PolicySet, PolicySource, PolicyView, TableMeta,
+    compile_access,
+};
+
+const TABLES: [&str; 3] = ["sales", "hcp", "products"];
+const COLUMNS: usize = 30;
+
+fn columns() -> Vec<String> {
+    let mut names = vec![
+        "id".to_string(),
+        "country".to_string(),
+        "amount".to_string(),
+    ];
+    names.extend((names.len()..COLUMNS).map(|i| format!("c{i}")));
+    names
+}
+
+fn raw() -> Arc<MemTable> {
+    let fields: Vec<Field> = columns()
+        .iter()
+        .map(|c| match c.as_str() {
+            "id" => Field::new(c, DataType::Int64, true),
+            "amount" => Field::new(c, DataType::Decimal128(12, 2), true),
+            _ => Field::new(c, DataType::Utf8, true),
+        })
+        .collect();
+    Arc::new(MemTable::try_new(Arc::new(Schema::new(fields)), vec![vec![]]).expect("table"))
+}
+
+/// N rules: N - 1 for other groups and tables, then the one that grants this user access.
+fn policy(rules: usize) -> PolicySet {
+    let mut text = String::from("rules:\n");
+    for i in 0..rules - 1 {
+        text.push_str(&format!(
+            "  - name: other-{i}\n    principals: {{ groups: [team-{i}] }}\n    tables: [\"domain{i}.*\"]\n    row_filter: \"country = 'X{i}'\"\n"
+        ));
+    }
+    text.push_str(
+        "  - name: eu-analysts\n    principals: { groups: [eu-sales] }\n    tables: [\"gtm.*\"]\n    row_filter: \"country IN ('DE', 'FR', 'DK', 'CH')\"\n    columns:\n      - { name: c3, mask: hash }\n      - { name: c4, mask: { show_last: 4 } }\n",
+    );
+    PolicySet::load(&[PolicySource {
+        file: "bench.yaml".into(),
+        text,
+    }])
+    .expect("policy")
+}
+
+fn context() -> SessionContext {
+    let mut rules: Vec<Arc<dyn datafusion::optimizer::AnalyzerRule + Send + Sync>> =
+        vec![Arc::new(EnforcePolicy)];
+    rules.extend(Analyzer::new().rules);
+    SessionContext::new_with_state(
+        SessionStateBuilder::new()
+            .with_default_features()
+            .with_analyzer_rules(rules)
+            .build(),
+    )
+}
+
+/// A session whose tables are policy views for one user, as the gateway builds it.
+fn policed(policy: &PolicySet) -> SessionContext {
+    let ctx = context();
+    let identity = Identity::new("ann", vec!["eu-sales".to_string()]);
+    for table in TABLES {
+        let meta = TableMeta {
+            database: "gtm".into(),
+            table: table.into(),
+            tags: Default::default(),
+            columns: columns()
+                .into_iter()
+                .map(|name| ColumnMeta {
+                    name,
+                    tags: Default::default(),
+                })
+                .collect(),
+        };
+        let Decision::Allowed(access) = policy.decide(&identity, &meta) else {
+            panic!("the last rule grants {table}");
+        };
+        let compiled = compile_access(
+            &access,
+            &identity,
+            TableReference::bare(table),
+            raw(),
+            &ctx.state(),
+        )
+        .expect("compiles");
+        ctx.register_table(
+            table,
+            Arc::new(PolicyView::new(
+                format!("gtm.{table}"),
+                access.rule,
+                compiled,
+            )),
+        )
+        .expect("register");
+    }
+    ctx
+}
+
+fn plain() -> SessionContext {
+    let ctx = SessionContext::new();
+    for table in TABLES {
+        ctx.register_table(table, raw()).expect("register");
+    }
+    ctx
+}
+
+const QUERY: &str = "SELECT s.country, p.c5 AS brand, h.c6 AS specialty, count(*) AS n, sum(s.amount) AS net \
+    FROM sales s JOIN hcp h ON h.id = s.id JOIN products p ON p.id = s.id \
+    WHERE s.c7 LIKE 'A%' AND h.c8 <> 'x' GROUP BY s.country, p.c5, h.c6 ORDER BY net DESC LIMIT 100";
+
+/// SQL to an analyzed and optimized logical plan: what the gateway does before execution.
+async fn plan(ctx: &SessionContext) {
+    let state = ctx.state();
+    let plan = state.create_logical_plan(QUERY).await.expect("plan");
+    state.optimize(&plan).expect("optimize");
+}
+
+fn bench(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let mut group = c.benchmark_group("plan_bi_query");
+    let peer = plain();
+    group.bench_function("datafusion_without_policy", |b| {
+        b.to_async(&runtime).iter(|| plan(&peer))
+    });
+    for rules in [10, 100, 1000] {
+        let ctx = policed(&policy(rules));
+        group.bench_with_input(BenchmarkId::new("with_policy", rules), &ctx, |b, ctx| {
+            b.to_async(&runtime).iter(|| plan(ctx))
+        });
+    }
+    group.finish();
+
+    // Resolution happens once per table and session (at login), not per query.
+    let mut group = c.benchmark_group("decide_one_table");
+    let identity = Identity::new("ann", vec!["eu-sales".to_string()]);
+    let meta = TableMeta {
+        database: "gtm".into(),
+        table: "sales".into(),
+        tags: Default::default(),
+        columns: columns()
+            .into_iter()
+            .map(|name| ColumnMeta {
+                name,
+                tags: Default::default(),
+            })
+            .collect(),
+    };
+    for rules in [10, 100, 1000] {
+        let policy = policy(rules);
+        group.bench_with_input(BenchmarkId::from_parameter(rules), &policy, |b, policy| {
+            b.iter(|| policy.decide(&identity, &meta))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
