@@ -15,14 +15,13 @@ use datafusion::error::Result as DfResult;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::QueryPlanner;
 use datafusion::logical_expr::LogicalPlan;
-use datafusion::optimizer::Analyzer;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use lakegate_catalog::{LocalCatalog, Table};
 use lakegate_policy::{
-    ColumnMeta, Decision, EnforcePolicy, Identity, PolicyExtensionPlanner, PolicySet, PolicyView,
-    TableMeta, compile_access,
+    ColumnMeta, Decision, Identity, PolicyExtensionPlanner, PolicySet, PolicyView, TableMeta,
+    compile_access,
 };
 
 use crate::config::Config;
@@ -119,9 +118,7 @@ impl Lake {
         options.sql_parser.dialect = datafusion::config::Dialect::PostgreSQL;
         // EXPLAIN shows the logical plan only: physical plans name files and buckets.
         options.explain.logical_plan_only = true;
-        let mut rules: Vec<Arc<dyn datafusion::optimizer::AnalyzerRule + Send + Sync>> =
-            vec![Arc::new(EnforcePolicy)];
-        rules.extend(Analyzer::new().rules);
+        let rules = lakegate_policy::analyzer_rules();
         let state = SessionStateBuilder::new()
             .with_config(config)
             .with_default_features()

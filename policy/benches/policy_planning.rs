@@ -12,11 +12,9 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::catalog::MemTable;
 use datafusion::common::TableReference;
 use datafusion::execution::SessionStateBuilder;
-use datafusion::optimizer::Analyzer;
 use datafusion::prelude::SessionContext;
 use lakegate_policy::{
-    ColumnMeta, Decision, EnforcePolicy, Identity, PolicySet, PolicySource, PolicyView, TableMeta,
-    compile_access,
+    ColumnMeta, Decision, Identity, PolicySet, PolicySource, PolicyView, TableMeta, compile_access,
 };
 
 const TABLES: [&str; 3] = ["sales", "hcp", "products"];
@@ -63,9 +61,7 @@ fn policy(rules: usize) -> PolicySet {
 }
 
 fn context() -> SessionContext {
-    let mut rules: Vec<Arc<dyn datafusion::optimizer::AnalyzerRule + Send + Sync>> =
-        vec![Arc::new(EnforcePolicy)];
-    rules.extend(Analyzer::new().rules);
+    let rules = lakegate_policy::analyzer_rules();
     SessionContext::new_with_state(
         SessionStateBuilder::new()
             .with_default_features()
@@ -74,23 +70,27 @@ fn context() -> SessionContext {
     )
 }
 
+fn meta(table: &str) -> TableMeta {
+    TableMeta {
+        database: "gtm".into(),
+        table: table.into(),
+        tags: Default::default(),
+        columns: columns()
+            .into_iter()
+            .map(|name| ColumnMeta {
+                name,
+                tags: Default::default(),
+            })
+            .collect(),
+    }
+}
+
 /// A session whose tables are policy views for one user, as the gateway builds it.
 fn policed(policy: &PolicySet) -> SessionContext {
     let ctx = context();
     let identity = Identity::new("ann", vec!["eu-sales".to_string()]);
     for table in TABLES {
-        let meta = TableMeta {
-            database: "gtm".into(),
-            table: table.into(),
-            tags: Default::default(),
-            columns: columns()
-                .into_iter()
-                .map(|name| ColumnMeta {
-                    name,
-                    tags: Default::default(),
-                })
-                .collect(),
-        };
+        let meta = meta(table);
         let Decision::Allowed(access) = policy.decide(&identity, &meta) else {
             panic!("the last rule grants {table}");
         };
@@ -154,18 +154,7 @@ fn bench(c: &mut Criterion) {
     // Resolution happens once per table and session (at login), not per query.
     let mut group = c.benchmark_group("decide_one_table");
     let identity = Identity::new("ann", vec!["eu-sales".to_string()]);
-    let meta = TableMeta {
-        database: "gtm".into(),
-        table: "sales".into(),
-        tags: Default::default(),
-        columns: columns()
-            .into_iter()
-            .map(|name| ColumnMeta {
-                name,
-                tags: Default::default(),
-            })
-            .collect(),
-    };
+    let meta = meta("sales");
     for rules in [10, 100, 1000] {
         let policy = policy(rules);
         group.bench_with_input(BenchmarkId::from_parameter(rules), &policy, |b, policy| {

@@ -24,4 +24,5 @@ pub use model::{Access, ColumnDefault, Mask, Privilege};
 pub use resolve::{ColumnDecision, ColumnMeta, Decision, TableAccess, TableMeta};
 pub use rewrite::{
     EnforcePolicy, PolicyBarrier, PolicyBarrierExec, PolicyExtensionPlanner, PolicyView,
+    analyzer_rules,
 };

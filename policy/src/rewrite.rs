@@ -179,6 +179,15 @@ impl UserDefinedLogicalNodeCore for PolicyBarrier {
     }
 }
 
+/// A user's session's analyzer rules: `EnforcePolicy` first, so no other rule sees a plan
+/// before policy is on it, then DataFusion's own.
+pub fn analyzer_rules() -> Vec<Arc<dyn datafusion::optimizer::AnalyzerRule + Send + Sync>> {
+    let mut rules: Vec<Arc<dyn datafusion::optimizer::AnalyzerRule + Send + Sync>> =
+        vec![Arc::new(EnforcePolicy)];
+    rules.extend(datafusion::optimizer::Analyzer::new().rules);
+    rules
+}
+
 /// The analyzer rule that enforces policy on every plan of a user's session. Any scan that is
 /// neither a policy view nor a catalog table (pg_catalog, information_schema, table functions)
 /// is refused, so a raw table can only be read through the barrier.

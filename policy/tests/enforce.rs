@@ -10,12 +10,11 @@ use datafusion::catalog::MemTable;
 use datafusion::common::TableReference;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::QueryPlanner;
-use datafusion::optimizer::Analyzer;
 use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
 use datafusion::prelude::SessionContext;
 use lakegate_policy::{
-    ColumnMeta, Decision, EnforcePolicy, Identity, PolicyExtensionPlanner, PolicySet, PolicySource,
-    PolicyView, TableMeta, compile_access,
+    ColumnMeta, Decision, Identity, PolicyExtensionPlanner, PolicySet, PolicySource, PolicyView,
+    TableMeta, compile_access,
 };
 
 #[derive(Debug)]
@@ -50,9 +49,7 @@ fn table_meta(database: &str, table: &str, columns: &[&str]) -> TableMeta {
 }
 
 fn session() -> SessionContext {
-    let mut rules: Vec<Arc<dyn datafusion::optimizer::AnalyzerRule + Send + Sync>> =
-        vec![Arc::new(EnforcePolicy)];
-    rules.extend(Analyzer::new().rules);
+    let rules = lakegate_policy::analyzer_rules();
     SessionContext::new_with_state(
         SessionStateBuilder::new()
             .with_default_features()
