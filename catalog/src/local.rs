@@ -99,9 +99,14 @@ impl LocalCatalog {
             table: table.name.clone(),
             source,
         };
-        let location = self.resolve_location(&table.location);
-        let url =
-            ListingTableUrl::parse(format!("{}/", location.display())).map_err(provider_error)?;
+        // An object store URL (`s3://bucket/prefix`) is read through the store the user's
+        // session registers for it; anything else is a local folder.
+        let location = if table.location.contains("://") {
+            table.location.trim_end_matches('/').to_string()
+        } else {
+            self.resolve_location(&table.location).display().to_string()
+        };
+        let url = ListingTableUrl::parse(format!("{location}/")).map_err(provider_error)?;
         let options = match table.format {
             TableFormat::Parquet => ListingOptions::new(Arc::new(ParquetFormat::default()))
                 .with_file_extension(".parquet"),

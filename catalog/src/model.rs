@@ -31,8 +31,8 @@ pub struct Table {
     pub name: String,
     #[serde(default)]
     pub description: Option<String>,
-    /// A folder of data files; relative paths are resolved against the catalog file's folder.
-    /// Empty for a view.
+    /// Where the data files are: an S3 prefix (`s3://bucket/prefix/`) or a local folder
+    /// (relative paths are resolved against the catalog file's folder). Empty for a view.
     #[serde(default)]
     pub location: String,
     /// For a view (Glue's VIRTUAL_VIEW): the SQL of its body, over other catalog tables. Views

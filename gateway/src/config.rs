@@ -40,6 +40,68 @@ pub struct Config {
     /// clients discover the first issuer and run its device flow). Default `password`.
     #[serde(default)]
     pub token_login: TokenLogin,
+    /// AWS: where tables in S3 are read from and which IAM role each user's reads run as.
+    /// Default: none (tables in S3 cannot be read; `lakegate check` says so).
+    #[serde(default)]
+    pub aws: Option<AwsConfig>,
+}
+
+/// How the gateway reaches AWS on a user's behalf (see README, "Tables in S3 and per-user AWS
+/// sessions"). The gateway's own credentials come from the standard AWS chain (environment,
+/// web identity, ECS/EC2 metadata); each user's reads run with the role of their persona,
+/// assumed with the user as `SourceIdentity`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsConfig {
+    /// Region of STS and the buckets. Default: the environment's (`AWS_REGION`), else `us-east-1`.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// One endpoint for every AWS service (a VPC endpoint, or a local AWS emulator in tests).
+    /// Default: AWS's public endpoints. http is accepted for 127.0.0.1/localhost only.
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+    /// Persona roles: the first entry whose database and persona match a user decides the role
+    /// that user's reads of that database run as. No match: no reads from AWS.
+    #[serde(default)]
+    pub roles: Vec<RoleConfig>,
+    /// Lifetime asked for each assumed-role session, in seconds (STS allows 900 to the role's
+    /// maximum). Default 3600.
+    #[serde(default = "default_session_duration")]
+    pub session_duration_seconds: u32,
+    /// Credentials are replaced this long before they expire, in seconds. Default 600.
+    #[serde(default = "default_refresh_before")]
+    pub refresh_before_expiry_seconds: u64,
+    /// The identity attribute sent as STS `SourceIdentity` (e.g. `email` from a token's
+    /// claims). Default: the user name. Either is reduced to STS's characters and 64 bytes.
+    #[serde(default)]
+    pub source_identity_attribute: Option<String>,
+    /// Session tags: tag key → identity attribute whose value it carries (at most 50). A user
+    /// without the attribute gets no such tag.
+    #[serde(default)]
+    pub session_tags: BTreeMap<String, String>,
+}
+
+/// One persona's IAM role in one database (data domain).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleConfig {
+    /// The catalog database (data domain) this role reads. Default `*`: every database.
+    #[serde(default = "default_any")]
+    pub database: String,
+    /// A persona of the policy files.
+    pub persona: String,
+    /// The role assumed for users holding the persona.
+    pub role_arn: String,
+}
+
+fn default_session_duration() -> u32 {
+    3600
+}
+fn default_refresh_before() -> u64 {
+    600
+}
+fn default_any() -> String {
+    "*".to_string()
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

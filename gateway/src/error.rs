@@ -54,6 +54,8 @@ pub enum QueryError {
     StatementTimeout,
     #[error("{0}")]
     Execution(String),
+    #[error(transparent)]
+    Aws(#[from] crate::aws::AwsError),
     #[error("internal error; the gateway log has details")]
     Internal,
 }
@@ -71,6 +73,7 @@ impl QueryError {
             QueryError::Unsupported(_) => "0A000",
             QueryError::Cancelled | QueryError::StatementTimeout => "57014",
             QueryError::Execution(_) => "22000",
+            QueryError::Aws(e) => e.sqlstate(),
             QueryError::Internal => "XX000",
         }
     }
@@ -86,10 +89,13 @@ impl QueryError {
 impl From<QueryError> for PgWireError {
     fn from(e: QueryError) -> Self {
         let mut info = ErrorInfo::new("ERROR".to_string(), e.sqlstate().to_string(), e.to_string());
-        if let QueryError::Refused { hint, .. } = &e
-            && !hint.is_empty()
-        {
-            info.hint = Some(hint.clone());
+        let hint = match &e {
+            QueryError::Refused { hint, .. } => hint.as_str(),
+            QueryError::Aws(aws) => aws.hint(),
+            _ => "",
+        };
+        if !hint.is_empty() {
+            info.hint = Some(hint.to_string());
         }
         PgWireError::UserError(Box::new(info))
     }
@@ -99,6 +105,9 @@ impl From<QueryError> for PgWireError {
 /// not in the user's catalog at all, so they fail exactly like missing ones.
 impl From<DataFusionError> for QueryError {
     fn from(e: DataFusionError) -> Self {
+        if let Some(aws) = aws_cause(&e) {
+            return QueryError::Aws(aws);
+        }
         match e.find_root() {
             DataFusionError::SchemaError(err, _) => match err.as_ref() {
                 SchemaError::FieldNotFound { field, .. } => {
@@ -121,6 +130,19 @@ impl From<DataFusionError> for QueryError {
             }
         }
     }
+}
+
+/// An AWS reason for a failed read, wherever DataFusion and object_store wrapped it (no role,
+/// STS refused, S3 refused the role). AWS's own text stays in the log: it names buckets and keys.
+fn aws_cause(e: &DataFusionError) -> Option<crate::aws::AwsError> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(error) = cause {
+        if let Some(aws) = error.downcast_ref::<crate::aws::AwsError>() {
+            return Some(aws.clone());
+        }
+        cause = error.source();
+    }
+    None
 }
 
 fn plan_error(msg: &str) -> QueryError {

@@ -24,6 +24,7 @@ use lakegate_policy::{
     compile_access,
 };
 
+use crate::aws::{Aws, S3Bucket};
 use crate::config::Config;
 use crate::error::StartupError;
 use crate::pg_compat;
@@ -36,6 +37,10 @@ pub struct Lake {
     pub policy: PolicySet,
     pub default_schema: String,
     raw: BTreeMap<(String, String), Arc<dyn TableProvider>>,
+    /// AWS, when the configuration has it: tables in S3 are read with each user's role.
+    pub aws: Option<Arc<Aws>>,
+    /// The bucket of each table stored in S3.
+    buckets: BTreeMap<(String, String), String>,
 }
 
 /// One user's session: who they are and the DataFusion context holding only what they may read.
@@ -63,12 +68,28 @@ impl Lake {
         config: Arc<Config>,
         catalog: LocalCatalog,
         policy: PolicySet,
+        aws: Option<Arc<Aws>>,
     ) -> Result<Lake, StartupError> {
         let mut raw = BTreeMap::new();
+        let mut buckets = BTreeMap::new();
         for db in &catalog.catalog().databases {
             for table in db.tables.iter().filter(|t| !t.is_view()) {
                 let provider = catalog.table_provider(&db.name, table)?;
                 raw.insert((db.name.clone(), table.name.clone()), provider);
+                if let Some(bucket) = crate::aws::bucket_of(&table.location) {
+                    if aws.is_none() {
+                        return Err(StartupError::Other(format!(
+                            "table {}.{} is stored in S3 ({}), but the configuration has no aws section",
+                            db.name, table.name, table.location
+                        )));
+                    }
+                    buckets.insert((db.name.clone(), table.name.clone()), bucket.to_string());
+                } else if table.location.contains("://") {
+                    return Err(StartupError::Other(format!(
+                        "table {}.{}: location {} is neither s3:// nor a local folder",
+                        db.name, table.name, table.location
+                    )));
+                }
             }
         }
         let default_schema = config
@@ -82,6 +103,8 @@ impl Lake {
             policy,
             default_schema,
             raw,
+            aws,
+            buckets,
         })
     }
 
@@ -90,6 +113,7 @@ impl Lake {
             name: u.name.clone(),
             groups: u.groups.clone(),
             attributes: u.attributes.clone(),
+            expires_at: None,
         })
     }
 
@@ -208,6 +232,25 @@ impl Lake {
                     .tables
                     .insert((db.name.clone(), table.name.clone()), columns);
             }
+        }
+        if let Some(aws) = &self.aws {
+            let personas = self.policy.personas_of(&identity);
+            let mut buckets: BTreeMap<&str, S3Bucket> = BTreeMap::new();
+            for key in visible.tables.keys() {
+                if let Some(bucket) = self.buckets.get(key) {
+                    buckets
+                        .entry(bucket)
+                        .or_insert_with(|| S3Bucket {
+                            name: bucket.clone(),
+                            databases: Default::default(),
+                        })
+                        .databases
+                        .insert(key.0.clone());
+                }
+            }
+            let buckets: Vec<S3Bucket> = buckets.into_values().collect();
+            crate::aws::register_user_stores(&context, aws, &identity, &personas, &buckets)
+                .map_err(StartupError::Other)?;
         }
         for (name, schema) in &schemas {
             if schema.table_names().is_empty() {

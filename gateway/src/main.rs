@@ -1,5 +1,6 @@
 //! `lakegate`: the gateway binary.
 mod auth;
+mod aws;
 mod client_compat;
 mod column_names;
 mod config;
@@ -176,7 +177,7 @@ fn load_policy(path: &Path) -> Result<PolicySet, StartupError> {
     PolicySet::load(&sources).map_err(StartupError::Policy)
 }
 
-fn load_lake(config_path: &Path) -> Result<Lake, StartupError> {
+async fn load_lake(config_path: &Path) -> Result<Lake, StartupError> {
     let config = Config::load(config_path)?;
     auth::validate_users(&config).map_err(|message| StartupError::Config {
         path: config_path.to_path_buf(),
@@ -187,13 +188,34 @@ fn load_lake(config_path: &Path) -> Result<Lake, StartupError> {
         path: config_path.to_path_buf(),
         message,
     })?;
+    let aws = match &config.aws {
+        Some(aws) => Some(Arc::new(aws::Aws::new(aws).await.map_err(|message| {
+            StartupError::Config {
+                path: config_path.to_path_buf(),
+                message,
+            }
+        })?)),
+        None => None,
+    };
     let catalog = LocalCatalog::load(&config.catalog)?;
     let policy = load_policy(&config.policy)?;
-    Lake::new(Arc::new(config), catalog, policy)
+    if let Some(aws) = &aws {
+        for persona in aws.roles.personas() {
+            if !policy.has_persona(persona) {
+                return Err(StartupError::Config {
+                    path: config_path.to_path_buf(),
+                    message: format!(
+                        "aws.roles: persona {persona:?} is not defined in the policy files"
+                    ),
+                });
+            }
+        }
+    }
+    Lake::new(Arc::new(config), catalog, policy, aws)
 }
 
 async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), StartupError> {
-    let lake = Arc::new(load_lake(config_path)?);
+    let lake = Arc::new(load_lake(config_path).await?);
     let tls = tls::acceptor(&lake.config.tls)?;
     let oidc = Arc::new(
         oidc::OidcVerifier::new(&lake.config.oidc).map_err(|message| StartupError::Config {
@@ -226,7 +248,7 @@ async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Startup
 /// Builds every configured user's session, so a rule that does not compile fails here, not
 /// as a silently hidden table at run time.
 async fn check(config_path: &Path) -> Result<(), StartupError> {
-    let lake = load_lake(config_path)?;
+    let lake = load_lake(config_path).await?;
     let mut problems = Vec::new();
     let mut granted = 0;
     for user in &lake.config.users {

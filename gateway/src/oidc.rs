@@ -272,10 +272,15 @@ fn identity(
             Some((claim.clone(), value))
         })
         .collect();
+    let expires_at = claims
+        .get("exp")
+        .and_then(|exp| exp.as_u64().or_else(|| exp.as_f64().map(|f| f as u64)))
+        .map(|exp| std::time::UNIX_EPOCH + std::time::Duration::from_secs(exp));
     Ok(Identity {
         name: name.to_string(),
         groups,
         attributes,
+        expires_at,
     })
 }
 

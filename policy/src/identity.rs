@@ -1,13 +1,17 @@
 use std::collections::BTreeMap;
+use std::time::SystemTime;
 
-/// Who is asking: the outcome of any login path (local SCRAM user now; OIDC, SSO and tokens
-/// later). Policy matches on the user name, groups and personas, and row filters may read
-/// these values as `${user.name}`, `${user.groups}` and `${user.<attribute>}`.
+/// Who is asking: the outcome of any login path (a local SCRAM user or a company token).
+/// Policy matches on the user name, groups and personas, and row filters may read these
+/// values as `${user.name}`, `${user.groups}` and `${user.<attribute>}`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Identity {
     pub name: String,
     pub groups: Vec<String>,
     pub attributes: BTreeMap<String, String>,
+    /// When the login that proved this identity stops being valid (a token's `exp`); `None`
+    /// for local users. Nothing obtained for the user (e.g. AWS credentials) may outlive it.
+    pub expires_at: Option<SystemTime>,
 }
 
 impl Identity {
@@ -16,6 +20,7 @@ impl Identity {
             name: name.into(),
             groups,
             attributes: BTreeMap::new(),
+            expires_at: None,
         }
     }
 }

@@ -49,6 +49,11 @@ pub struct ColumnDecision {
 }
 
 impl PolicySet {
+    /// Whether the policy files define this persona.
+    pub fn has_persona(&self, name: &str) -> bool {
+        self.personas.contains_key(name)
+    }
+
     /// The personas an identity holds.
     pub fn personas_of(&self, identity: &Identity) -> Vec<String> {
         persona_names(self, &identity.name, &identity.groups)

@@ -10,6 +10,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio_postgres::Client;
 
+pub mod aws;
 pub mod raw;
 use tokio_rustls::rustls::client::danger::{
     HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
@@ -57,6 +58,21 @@ pub fn binary() -> PathBuf {
 static DEMO_DATA: Once = Once::new();
 
 /// A running gateway, stopped when dropped.
+/// How a test's gateway differs from the quickstart.
+#[derive(Debug, Clone, Default)]
+pub struct Setup {
+    /// One policy file's text instead of the quickstart's policy folder.
+    pub policy: Option<String>,
+    /// The catalog file's text instead of the quickstart's.
+    pub catalog: Option<String>,
+    /// YAML appended to the configuration file.
+    pub extra_config: String,
+    /// Text replaced in the configuration file (each must occur).
+    pub config_replacements: Vec<(String, String)>,
+    /// Environment of the gateway process.
+    pub env: Vec<(String, String)>,
+}
+
 pub struct Gateway {
     child: Child,
     pub port: u16,
@@ -81,6 +97,17 @@ impl Gateway {
     }
 
     fn start_inner(policy: Option<&str>, extra_config: &str) -> Gateway {
+        Self::start_setup(Setup {
+            policy: policy.map(str::to_string),
+            extra_config: extra_config.to_string(),
+            ..Setup::default()
+        })
+    }
+
+    /// The quickstart changed as `setup` says.
+    pub fn start_setup(setup: Setup) -> Gateway {
+        let policy = setup.policy.as_deref();
+        let extra_config = setup.extra_config.as_str();
         DEMO_DATA.call_once(|| {
             let status = Command::new(binary())
                 .args(["generate-demo", "--dir"])
@@ -96,6 +123,14 @@ impl Gateway {
         ));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let qs = quickstart().canonicalize().expect("quickstart folder");
+        let catalog = match &setup.catalog {
+            Some(text) => {
+                let path = dir.join("catalog.yaml");
+                std::fs::write(&path, text).expect("catalog file");
+                path
+            }
+            None => qs.join("catalog.yaml"),
+        };
         let policy_dir = match policy {
             Some(text) => {
                 let dir = dir.join("policy");
@@ -109,7 +144,7 @@ impl Gateway {
         let config = text
             .replace(
                 "catalog: catalog.yaml",
-                &format!("catalog: {}", qs.join("catalog.yaml").display()),
+                &format!("catalog: {}", catalog.display()),
             )
             .replace(
                 "policy: policy",
@@ -123,16 +158,21 @@ impl Gateway {
                 "key: certs/server.key",
                 &format!("key: {}", dir.join("server.key").display()),
             );
-        let config = format!("{config}\n{extra_config}\n");
+        let mut config = format!("{config}\n{extra_config}\n");
+        for (from, to) in &setup.config_replacements {
+            assert!(config.contains(from.as_str()), "config has no {from:?}");
+            config = config.replace(from.as_str(), to);
+        }
         std::fs::write(dir.join("lakegate.yaml"), config).expect("write config");
-        Self::start_with(&dir.join("lakegate.yaml"), dir)
+        Self::start_with(&dir.join("lakegate.yaml"), dir, &setup.env)
     }
 
-    fn start_with(config: &Path, dir: PathBuf) -> Gateway {
+    fn start_with(config: &Path, dir: PathBuf, env: &[(String, String)]) -> Gateway {
         let mut child = Command::new(binary())
             .args(["serve", "--listen", "127.0.0.1:0", "--config"])
             .arg(config)
             .env("LAKEGATE_LOG", "warn")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -147,9 +187,15 @@ impl Gateway {
             }
         });
         // Readiness is the line the gateway prints once its socket is bound.
-        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(addr) => addr,
-            Err(_) => {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let addr = loop {
+            if let Ok(addr) = rx.recv_timeout(Duration::from_millis(100)) {
+                break addr;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("lakegate exited before listening ({status}); its stderr is above");
+            }
+            if Instant::now() > deadline {
                 let _ = child.kill();
                 panic!("lakegate did not report listening within 60 s");
             }

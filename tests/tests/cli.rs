@@ -78,3 +78,67 @@ fn token_issuers_are_checked() {
     assert!(!ok, "an http issuer off localhost is refused: {text}");
     assert!(text.contains("must be https"), "{text}");
 }
+
+#[test]
+fn aws_settings_are_checked() {
+    let cases = [
+        (
+            "aws:\n  endpoint_url: http://sts.example.com\n",
+            "must be https",
+        ),
+        (
+            "aws:\n  roles:\n    - { persona: nobody, role_arn: \"arn:aws:iam::123456789012:role/r\" }\n",
+            "persona \"nobody\" is not defined",
+        ),
+        (
+            "aws:\n  roles:\n    - { persona: steward, role_arn: \"lakegate-steward\" }\n",
+            "is not an IAM role ARN",
+        ),
+        (
+            "aws:\n  session_duration_seconds: 900\n  refresh_before_expiry_seconds: 900\n",
+            "must be shorter than session_duration_seconds",
+        ),
+    ];
+    for (i, (aws, expected)) in cases.iter().enumerate() {
+        let config = config_with_policy(
+            &format!("aws-{i}"),
+            "personas:\n  steward:\n    groups: [gtm-stewards]\nrules: []\n",
+        );
+        let mut text = std::fs::read_to_string(&config).expect("config");
+        text.push('\n');
+        text.push_str(aws);
+        std::fs::write(&config, text).expect("config");
+        let (ok, text) = check(&config);
+        assert!(!ok, "{aws} is refused: {text}");
+        assert!(text.contains(expected), "{aws}: {text}");
+    }
+}
+
+#[test]
+fn tables_in_s3_need_aws_settings() {
+    let config = config_with_policy("s3-no-aws", "rules: []\n");
+    let dir = config.parent().expect("dir").to_path_buf();
+    let catalog = std::fs::read_to_string(quickstart().join("catalog.yaml"))
+        .expect("catalog")
+        .replace("location: data/gtm/sales", "location: s3://lake-gtm/gtm/sales/");
+    std::fs::write(dir.join("catalog.yaml"), catalog).expect("catalog");
+    let text = std::fs::read_to_string(&config).expect("config");
+    let text = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("catalog:") {
+                format!("catalog: {}", dir.join("catalog.yaml").display())
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&config, text).expect("config");
+    let (ok, text) = check(&config);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("table gtm.sales is stored in S3") && text.contains("no aws section"),
+        "{text}"
+    );
+}

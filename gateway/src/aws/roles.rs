@@ -1,0 +1,58 @@
+use crate::config::RoleConfig;
+
+/// Personas → IAM roles per database (data domain), in configuration order.
+#[derive(Debug, Clone)]
+pub struct RoleMap {
+    entries: Vec<RoleConfig>,
+}
+
+impl RoleMap {
+    pub fn new(entries: Vec<RoleConfig>) -> Self {
+        RoleMap { entries }
+    }
+
+    /// The role a holder of `personas` reads `database` with: the first entry naming that
+    /// database (or `*`) and one of the personas. First match, like policy rules, so an
+    /// operator orders entries from the most to the least privileged persona.
+    pub fn role_for(&self, personas: &[String], database: &str) -> Option<&str> {
+        self.entries
+            .iter()
+            .find(|e| {
+                (e.database == "*" || e.database == database) && personas.contains(&e.persona)
+            })
+            .map(|e| e.role_arn.as_str())
+    }
+
+    pub fn personas(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(|e| e.persona.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(database: &str, persona: &str, role: &str) -> RoleConfig {
+        RoleConfig {
+            database: database.into(),
+            persona: persona.into(),
+            role_arn: role.into(),
+        }
+    }
+
+    #[test]
+    fn first_matching_entry_decides() {
+        let map = RoleMap::new(vec![
+            entry("gtm", "steward", "arn:steward"),
+            entry("gtm", "reader", "arn:gtm-reader"),
+            entry("*", "reader", "arn:any-reader"),
+        ]);
+        let both = vec!["reader".to_string(), "steward".to_string()];
+        assert_eq!(map.role_for(&both, "gtm"), Some("arn:steward"));
+        let reader = vec!["reader".to_string()];
+        assert_eq!(map.role_for(&reader, "gtm"), Some("arn:gtm-reader"));
+        assert_eq!(map.role_for(&reader, "finance"), Some("arn:any-reader"));
+        assert_eq!(map.role_for(&[], "gtm"), None);
+        assert_eq!(map.role_for(&["steward".to_string()], "finance"), None);
+    }
+}

@@ -1,0 +1,162 @@
+//! AWS for the tests: a real `moto` server (PyPI) with IAM enforcement, seeded as a platform
+//! team would set up an account for Lakegate, behind a recording proxy that shows what the
+//! gateway sent (moto itself ignores SourceIdentity and session tags).
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::{quickstart, wait_until, workspace};
+
+pub const ACCOUNT: &str = "123456789012";
+
+/// The venv `scripts/setup-clients` makes, holding moto and boto3.
+pub fn venv_bin(program: &str) -> PathBuf {
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    PathBuf::from(home)
+        .join(".cache/lakegate-venv/bin")
+        .join(program)
+}
+
+pub fn role_arn(name: &str) -> String {
+    format!("arn:aws:iam::{ACCOUNT}:role/{name}")
+}
+
+pub struct Moto {
+    moto: Child,
+    proxy: Child,
+    /// The gateway talks to this endpoint (the proxy); the tests' own calls too.
+    pub endpoint: String,
+    /// moto itself, for calls that should not be recorded.
+    pub moto_endpoint: String,
+    pub gateway_key: String,
+    pub gateway_secret: String,
+    log: PathBuf,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+impl Moto {
+    /// Starts moto (IAM enforced after the seed's first three calls), seeds it, and starts the
+    /// recording proxy in front of it. Fails the test when moto is not installed.
+    pub fn start() -> Moto {
+        let server = venv_bin("moto_server");
+        assert!(
+            server.exists(),
+            "{} is missing: run scripts/setup-clients (installs moto[server] into the venv)",
+            server.display()
+        );
+        let port = free_port();
+        let moto = Command::new(&server)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .env("INITIAL_NO_AUTH_ACTION_COUNT", "3")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto_server");
+        let moto_endpoint = format!("http://127.0.0.1:{port}");
+        let ready = wait_until(Duration::from_secs(30), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(ready, "moto did not listen on {moto_endpoint} within 30 s");
+
+        let seed = Command::new(venv_bin("python"))
+            .arg(workspace().join("tests/peers/aws/seed.py"))
+            .arg(&moto_endpoint)
+            .arg(quickstart().join("data"))
+            .output()
+            .expect("run seed.py");
+        assert!(
+            seed.status.success(),
+            "seeding moto failed: {}",
+            String::from_utf8_lossy(&seed.stderr)
+        );
+        let seeded: Value = serde_json::from_slice(&seed.stdout).expect("seed output");
+
+        let log = std::env::temp_dir().join(format!("lakegate-aws-{port}.jsonl"));
+        let _ = std::fs::remove_file(&log);
+        let mut proxy = Command::new(venv_bin("python"))
+            .arg(workspace().join("tests/peers/aws/recording_proxy.py"))
+            .arg(port.to_string())
+            .arg(&log)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start recording proxy");
+        let mut line = String::new();
+        let stdout = proxy.stdout.take().expect("proxy stdout");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("proxy port line");
+        let proxy_port = line
+            .trim()
+            .strip_prefix("proxy listening ")
+            .and_then(|p| p.parse::<u16>().ok())
+            .unwrap_or_else(|| panic!("proxy said {line:?}"));
+        Moto {
+            moto,
+            proxy,
+            endpoint: format!("http://127.0.0.1:{proxy_port}"),
+            moto_endpoint,
+            gateway_key: seeded["key"].as_str().expect("key").to_string(),
+            gateway_secret: seeded["secret"].as_str().expect("secret").to_string(),
+            log,
+        }
+    }
+
+    /// The gateway's process environment: its own credentials, and nothing from the host.
+    pub fn gateway_env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ACCESS_KEY_ID", self.gateway_key.as_str()),
+            ("AWS_SECRET_ACCESS_KEY", self.gateway_secret.as_str()),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+            ("AWS_CONFIG_FILE", "/nonexistent"),
+            ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    /// Every request the proxy forwarded so far.
+    pub fn requests(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// The `sts:AssumeRole` calls so far (their form fields and moto's answer).
+    pub fn assume_role_calls(&self) -> Vec<Value> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r["form"]["Action"] == "AssumeRole")
+            .collect()
+    }
+}
+
+/// The access key STS handed out in an AssumeRole answer.
+pub fn issued_key(call: &Value) -> Option<String> {
+    let body = call["response"].as_str()?;
+    let start = body.find("<AccessKeyId>")? + "<AccessKeyId>".len();
+    let end = body[start..].find("</AccessKeyId>")? + start;
+    Some(body[start..end].to_string())
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        for child in [&mut self.proxy, &mut self.moto] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}

@@ -1,0 +1,311 @@
+//! Tables in S3, read with each user's own assumed role: moto (IAM enforced) behind a
+//! recording proxy, the real gateway, tokio-postgres as the client.
+use std::time::Duration;
+
+use lakegate_e2e::aws::{Moto, issued_key, role_arn};
+use lakegate_e2e::{Gateway, Setup, quickstart, rows, sqlstate};
+
+/// The quickstart's catalog with every table's files in moto's S3.
+fn s3_catalog() -> String {
+    let text = std::fs::read_to_string(quickstart().join("catalog.yaml")).expect("catalog");
+    let text = text.replace("location: data/gtm/", "location: s3://lake-gtm/gtm/");
+    assert!(text.contains("s3://lake-gtm/gtm/sales"));
+    text
+}
+
+/// The quickstart's policy with reader personas for the two analyst groups.
+fn policy() -> String {
+    let text = std::fs::read_to_string(quickstart().join("policy/gtm.yaml")).expect("policy");
+    text.replace(
+        "personas:\n",
+        "personas:\n  eu-reader:\n    groups: [eu-sales]\n  us-reader:\n    groups: [us-analyst]\n",
+    )
+}
+
+struct Roles<'a> {
+    steward: &'a str,
+    eu_reader: &'a str,
+    us_reader: Option<&'a str>,
+}
+
+fn start(moto: &Moto, roles: Roles, extra: &str) -> Gateway {
+    let mut entries = format!(
+        "    - {{ database: gtm, persona: steward, role_arn: \"{}\" }}\n    - {{ persona: eu-reader, role_arn: \"{}\" }}\n",
+        role_arn(roles.steward),
+        role_arn(roles.eu_reader)
+    );
+    if let Some(us) = roles.us_reader {
+        entries.push_str(&format!(
+            "    - {{ database: gtm, persona: us-reader, role_arn: \"{}\" }}\n",
+            role_arn(us)
+        ));
+    }
+    Gateway::start_setup(Setup {
+        policy: Some(policy()),
+        catalog: Some(s3_catalog()),
+        extra_config: format!(
+            "aws:\n  region: us-east-1\n  endpoint_url: {}\n  source_identity_attribute: email\n  session_tags: {{ Department: department, CostCenter: cost_center }}\n{extra}  roles:\n{entries}",
+            moto.endpoint
+        ),
+        config_replacements: vec![(
+            "    groups: [eu-sales]\n".into(),
+            "    groups: [eu-sales]\n    attributes: { email: alice@example.com, department: EU-Sales }\n"
+                .into(),
+        )],
+        env: moto.gateway_env(),
+    })
+}
+
+fn usual_roles() -> Roles<'static> {
+    Roles {
+        steward: "lakegate-gtm-forbidden",
+        eu_reader: "lakegate-gtm-eu-reader",
+        us_reader: Some("lakegate-gtm-us-reader"),
+    }
+}
+
+const EU_SALES: &str = "SELECT count(*), sum(amount), count(DISTINCT sale_date) FROM gtm.sales";
+const HCP: &str = "SELECT hcp_id, email, country FROM gtm.hcp ORDER BY hcp_id LIMIT 5";
+
+#[tokio::test]
+async fn users_read_s3_tables_with_their_own_role() {
+    let moto = Moto::start();
+    let gateway = start(&moto, usual_roles(), "");
+    let local = Gateway::start_with_policy(&policy());
+
+    // alice's answers from S3 equal the local quickstart's over the same files, policy applied
+    // (EU rows only, hashed e-mails).
+    let alice = gateway.connect("alice").await;
+    let expected = local.connect("alice").await;
+    for sql in [EU_SALES, HCP] {
+        let from_s3 = rows(&alice, sql).await.expect("alice reads S3");
+        assert!(!from_s3.is_empty());
+        assert_eq!(from_s3, rows(&expected, sql).await.expect("local"), "{sql}");
+    }
+    let countries = rows(&alice, "SELECT DISTINCT country FROM gtm.sales ORDER BY 1")
+        .await
+        .expect("countries");
+    assert!(
+        countries
+            .iter()
+            .all(|c| ["CH", "DE", "DK", "FR"].contains(&c.as_str()))
+    );
+    // More queries and a second connection: still one STS call.
+    let again = gateway.connect("alice").await;
+    for _ in 0..3 {
+        rows(&again, EU_SALES).await.expect("again");
+    }
+
+    let calls = moto.assume_role_calls();
+    let alice_calls: Vec<_> = calls
+        .iter()
+        .filter(|c| c["form"]["RoleSessionName"] == "alice")
+        .collect();
+    assert_eq!(alice_calls.len(), 1, "one AssumeRole for alice: {calls:#?}");
+    let call = alice_calls[0];
+    let form = &call["form"];
+    assert_eq!(form["RoleArn"], role_arn("lakegate-gtm-eu-reader"));
+    assert_eq!(form["SourceIdentity"], "alice@example.com");
+    assert_eq!(form["DurationSeconds"], "3600");
+    assert_eq!(form["Tags.member.1.Key"], "Department");
+    assert_eq!(form["Tags.member.1.Value"], "EU-Sales");
+    assert!(
+        form.get("Tags.member.2.Key").is_none(),
+        "alice has no cost_center"
+    );
+    assert_eq!(call["status"], 200);
+    assert_eq!(call["access_key"], moto.gateway_key.as_str());
+
+    // Every S3 request was signed with the key STS issued for alice's session; the gateway's
+    // own key never reads data (IAM would refuse it anyway).
+    let alice_key = issued_key(call).expect("issued key");
+    let s3: Vec<_> = moto
+        .requests()
+        .into_iter()
+        .filter(|r| r["service"] == "s3")
+        .collect();
+    assert!(!s3.is_empty());
+    for request in &s3 {
+        assert_eq!(request["access_key"], alice_key.as_str(), "{request}");
+        assert_eq!(
+            request["status"].as_u64().map(|s| s < 300),
+            Some(true),
+            "{request}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_role_without_s3_access_and_a_role_the_gateway_may_not_assume_are_clear_errors() {
+    let moto = Moto::start();
+    let gateway = start(&moto, usual_roles(), "");
+
+    // bob's role exists and is assumed, but may not read the bucket: 42501, no bucket named.
+    let bob = gateway.connect("bob").await;
+    let error = bob
+        .simple_query("SELECT count(*) FROM gtm.sales")
+        .await
+        .expect_err("bob's role cannot read S3");
+    let db = error.as_db_error().expect("db error");
+    assert_eq!(db.code().code(), "42501", "{db:?}");
+    assert!(db.message().contains("AWS denied"), "{}", db.message());
+    assert!(!db.message().contains("lake-gtm"), "{}", db.message());
+    let bob_calls: Vec<_> = moto
+        .assume_role_calls()
+        .into_iter()
+        .filter(|c| c["form"]["RoleSessionName"] == "bob")
+        .collect();
+    assert_eq!(bob_calls.len(), 1);
+    assert_eq!(
+        bob_calls[0]["form"]["RoleArn"],
+        role_arn("lakegate-gtm-us-reader")
+    );
+    let bob_key = issued_key(&bob_calls[0]).expect("bob's key");
+    assert!(
+        moto.requests()
+            .iter()
+            .filter(|r| r["access_key"] == bob_key.as_str())
+            .all(|r| r["status"] == 403)
+    );
+
+    // carol's persona maps to a role the gateway may not assume: 28000 naming the role.
+    let carol = gateway.connect("carol").await;
+    let error = carol
+        .simple_query("SELECT count(*) FROM gtm.patients")
+        .await
+        .expect_err("carol's role cannot be assumed");
+    let db = error.as_db_error().expect("db error");
+    assert_eq!(db.code().code(), "28000", "{db:?}");
+    assert_eq!(
+        db.message(),
+        format!(
+            "not allowed to assume role {}",
+            role_arn("lakegate-gtm-forbidden")
+        )
+    );
+    // The server keeps serving: alice still reads, with her role.
+    let alice = gateway.connect("alice").await;
+    assert_eq!(rows(&alice, "SELECT 1").await.expect("alive"), ["1"]);
+    assert!(!rows(&alice, EU_SALES).await.expect("alice").is_empty());
+    // No one's query ever ran with another user's role.
+    for call in moto.assume_role_calls() {
+        let expected = match call["form"]["RoleSessionName"].as_str() {
+            Some("alice") => "lakegate-gtm-eu-reader",
+            Some("bob") => "lakegate-gtm-us-reader",
+            Some("carol") => "lakegate-gtm-forbidden",
+            other => panic!("unexpected session {other:?}"),
+        };
+        assert_eq!(call["form"]["RoleArn"], role_arn(expected));
+    }
+}
+
+#[tokio::test]
+async fn a_user_without_a_role_reads_nothing_from_aws() {
+    let moto = Moto::start();
+    let gateway = start(
+        &moto,
+        Roles {
+            us_reader: None,
+            ..usual_roles()
+        },
+        "",
+    );
+    // Policy lets bob read US sales, but no persona of his has a role: 42501, no STS call.
+    let bob = gateway.connect("bob").await;
+    let error = bob
+        .simple_query("SELECT count(*) FROM gtm.sales")
+        .await
+        .expect_err("no role");
+    let db = error.as_db_error().expect("db error");
+    assert_eq!(db.code().code(), "42501");
+    assert_eq!(
+        db.message(),
+        "no AWS role for you in database gtm: none of your personas has one"
+    );
+    assert!(db.hint().is_some());
+    // EXPLAIN plans without touching S3, so it works; the data stays closed.
+    assert!(
+        !rows(&bob, "EXPLAIN SELECT count(*) FROM gtm.sales")
+            .await
+            .expect("explain")
+            .is_empty()
+    );
+    assert!(moto.assume_role_calls().is_empty());
+    assert_eq!(sqlstate(rows(&bob, "SELECT * FROM gtm.hcp").await), "42501");
+}
+
+#[tokio::test]
+async fn credentials_are_replaced_before_they_expire() {
+    let moto = Moto::start();
+    // 15-minute sessions replaced 890 s early: the cache holds each for about 10 seconds.
+    let gateway = start(
+        &moto,
+        usual_roles(),
+        "  session_duration_seconds: 900\n  refresh_before_expiry_seconds: 890\n",
+    );
+    let alice = gateway.connect("alice").await;
+    rows(&alice, EU_SALES).await.expect("first read");
+    let first = moto.assume_role_calls();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0]["form"]["DurationSeconds"], "900");
+    // Poll by reading: each read asks the cache, which lets go of the session after ~10 s.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while moto.assume_role_calls().len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "credentials were not replaced within 60 s"
+        );
+        rows(&alice, EU_SALES).await.expect("read while waiting");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let calls = moto.assume_role_calls();
+    let new_key = issued_key(&calls[1]).expect("new key");
+    assert_ne!(issued_key(&calls[0]), Some(new_key.clone()));
+    rows(&alice, EU_SALES).await.expect("read after refresh");
+    let last_s3 = moto
+        .requests()
+        .into_iter()
+        .rev()
+        .find(|r| r["service"] == "s3")
+        .expect("an S3 request");
+    assert_eq!(last_s3["access_key"], new_key.as_str());
+}
+
+#[tokio::test]
+async fn sts_down_is_a_clear_error() {
+    // An endpoint where nothing listens stands for STS being unreachable.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port");
+    let gateway = Gateway::start_setup(Setup {
+        policy: Some(policy()),
+        catalog: Some(s3_catalog()),
+        extra_config: format!(
+            "aws:\n  endpoint_url: http://127.0.0.1:{port}\n  roles:\n    - {{ persona: eu-reader, role_arn: \"{}\" }}\n",
+            role_arn("lakegate-gtm-eu-reader")
+        ),
+        env: vec![
+            ("AWS_ACCESS_KEY_ID".into(), "AKIAIOSFODNN7EXAMPLE".into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), "not-a-real-secret".into()),
+            ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
+        ],
+        ..Setup::default()
+    });
+    let alice = gateway.connect("alice").await;
+    let error = alice
+        .simple_query(EU_SALES)
+        .await
+        .expect_err("STS unreachable");
+    let db = error.as_db_error().expect("db error");
+    assert_eq!(db.code().code(), "58000", "{db:?}");
+    assert!(
+        db.message().contains("STS did not answer"),
+        "{}",
+        db.message()
+    );
+    assert_eq!(
+        rows(&alice, "SELECT 1").await.expect("still serving"),
+        ["1"]
+    );
+}
