@@ -144,6 +144,17 @@ impl LocalUsers {
     }
 }
 
+/// The company token a user logged in with, kept for the connection so a role configured with
+/// `web_identity` can be assumed with it. Never printed.
+#[derive(Clone)]
+pub struct LoginToken(pub String);
+
+impl std::fmt::Debug for LoginToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LoginToken(..)")
+    }
+}
+
 enum State {
     Initial,
     /// a cleartext password (the token) was asked for
@@ -152,7 +163,7 @@ enum State {
     OAuth {
         exchange: Oauth,
         sasl: SASLState,
-        proven: Arc<std::sync::Mutex<Option<Identity>>>,
+        proven: Arc<std::sync::Mutex<Option<(Identity, LoginToken)>>>,
     },
     /// server-first sent; what the final step needs
     ServerFirstSent {
@@ -257,7 +268,7 @@ fn oauth_failed(user: &str) -> PgWireError {
 #[derive(Debug)]
 struct TokenValidator {
     verifier: Arc<OidcVerifier>,
-    proven: Arc<std::sync::Mutex<Option<Identity>>>,
+    proven: Arc<std::sync::Mutex<Option<(Identity, LoginToken)>>>,
 }
 
 #[async_trait]
@@ -272,7 +283,7 @@ impl OauthValidator for TokenValidator {
         let authorized = match self.verifier.verify(token, username).await {
             Ok(identity) => {
                 if let Ok(mut slot) = self.proven.lock() {
-                    *slot = Some(identity);
+                    *slot = Some((identity, LoginToken(token.to_string())));
                 }
                 true
             }
@@ -432,11 +443,12 @@ impl StartupHandler for ScramStartup {
                         }
                         Ok((None, _)) => {
                             let identity = proven.lock().ok().and_then(|mut p| p.take());
-                            let Some(identity) = identity else {
+                            let Some((identity, token)) = identity else {
                                 return Err(oauth_failed(&user));
                             };
                             drop(state);
                             client.session_extensions().insert(identity);
+                            client.session_extensions().insert(token);
                             self.complete_login(client, &user).await
                         }
                         Err(PgWireError::OAuthAuthenticationFailed(reason)) => {
@@ -451,6 +463,9 @@ impl StartupHandler for ScramStartup {
                             Ok(identity) => {
                                 tracing::info!(user = %user, groups = ?identity.groups, "token accepted");
                                 client.session_extensions().insert(identity);
+                                client
+                                    .session_extensions()
+                                    .insert(LoginToken(token.trim().to_string()));
                             }
                             Err(reason) => {
                                 // The reason is for operators; the client learns nothing.

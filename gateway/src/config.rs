@@ -92,6 +92,11 @@ pub struct RoleConfig {
     pub persona: String,
     /// The role assumed for users holding the persona.
     pub role_arn: String,
+    /// Assume the role with the user's own company token (`AssumeRoleWithWebIdentity`; the
+    /// role trusts the token issuer) instead of the gateway's credentials. Only users who
+    /// logged in with a token can read with such a role. Default `false`.
+    #[serde(default)]
+    pub web_identity: bool,
 }
 
 fn default_session_duration() -> u32 {

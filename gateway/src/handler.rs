@@ -87,7 +87,11 @@ async fn user_session<C: ClientInfo + ?Sized>(
     let Some(identity) = identity else {
         return Err(QueryError::refused("permission denied: unknown user", "").into());
     };
-    let session = lake.session_for(identity).await.map_err(|e| {
+    let token = client
+        .session_extensions()
+        .get::<crate::auth::LoginToken>()
+        .map(|t| (*t).clone());
+    let session = lake.session_for(identity, token).await.map_err(|e| {
         tracing::error!(user = %user, error = %e, "cannot build session");
         PgWireError::from(QueryError::Internal)
     })?;

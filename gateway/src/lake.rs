@@ -24,6 +24,7 @@ use lakegate_policy::{
     compile_access,
 };
 
+use crate::auth::LoginToken;
 use crate::aws::{Aws, S3Bucket};
 use crate::config::Config;
 use crate::error::StartupError;
@@ -154,7 +155,12 @@ impl Lake {
 
     /// Builds the session of one user. A table whose policy cannot be compiled is left out
     /// (fail closed) and logged for the operator.
-    pub async fn session_for(&self, identity: Identity) -> Result<UserSession, StartupError> {
+    /// `token`: the company token the user logged in with, if any (for `web_identity` roles).
+    pub async fn session_for(
+        &self,
+        identity: Identity,
+        token: Option<LoginToken>,
+    ) -> Result<UserSession, StartupError> {
         let context = self.session_context();
         let state = context.state();
         let catalog = Arc::new(MemoryCatalogProvider::new());
@@ -249,7 +255,7 @@ impl Lake {
                 }
             }
             let buckets: Vec<S3Bucket> = buckets.into_values().collect();
-            crate::aws::register_user_stores(&context, aws, &identity, &personas, &buckets)
+            crate::aws::register_user_stores(&context, aws, &identity, token, &personas, &buckets)
                 .map_err(StartupError::Other)?;
         }
         for (name, schema) in &schemas {

@@ -255,7 +255,7 @@ async fn check(config_path: &Path) -> Result<(), StartupError> {
         let Some(identity) = lake.identity_of(&user.name) else {
             continue;
         };
-        let session = lake.session_for(identity).await?;
+        let session = lake.session_for(identity, None).await?;
         granted += session.granted;
         problems.extend(session.problems);
         for view in session.hidden_views {

@@ -11,6 +11,7 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio_postgres::Client;
 
 pub mod aws;
+pub mod oidc;
 pub mod raw;
 use tokio_rustls::rustls::client::danger::{
     HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use lakegate_e2e::aws::{Moto, issued_key, role_arn};
+use lakegate_e2e::oidc::Provider;
 use lakegate_e2e::{Gateway, Setup, quickstart, rows, sqlstate};
 
 /// The quickstart's catalog with every table's files in moto's S3.
@@ -308,4 +309,84 @@ async fn sts_down_is_a_clear_error() {
         rows(&alice, "SELECT 1").await.expect("still serving"),
         ["1"]
     );
+}
+
+#[tokio::test]
+async fn token_users_read_with_their_own_token_where_the_role_says_so() {
+    // Which role read what shows in the signing keys; moto cannot enforce IAM here (see
+    // Moto::start_without_iam).
+    let moto = Moto::start_without_iam();
+    let provider = Provider::start();
+    // eu-reader's role trusts the company's token issuer: it is assumed with the user's own
+    // token. The steward role is assumed by the gateway, with the user as SourceIdentity.
+    let gateway = Gateway::start_setup(Setup {
+        policy: Some(policy()),
+        catalog: Some(s3_catalog()),
+        extra_config: format!(
+            "oidc:\n  - issuer: {}\n    audience: urn:lakegate\n    attribute_claims: [email]\n\
+             aws:\n  endpoint_url: {}\n  source_identity_attribute: email\n  roles:\n\
+             \x20   - {{ persona: eu-reader, role_arn: \"{}\", web_identity: true }}\n\
+             \x20   - {{ persona: steward, role_arn: \"{}\" }}\n",
+            provider.issuer,
+            moto.endpoint,
+            role_arn("lakegate-gtm-eu-reader"),
+            role_arn("lakegate-gtm-steward"),
+        ),
+        env: moto.gateway_env(),
+        ..Setup::default()
+    });
+
+    let erin = gateway
+        .try_connect("erin", provider.token("erin"))
+        .await
+        .expect("erin logs in with her token");
+    let answer = rows(&erin, EU_SALES).await.expect("erin reads S3");
+    assert!(!answer.is_empty());
+    let calls = moto.calls("AssumeRoleWithWebIdentity");
+    assert_eq!(calls.len(), 1, "{calls:#?}");
+    let form = &calls[0]["form"];
+    assert_eq!(form["RoleArn"], role_arn("lakegate-gtm-eu-reader"));
+    assert_eq!(form["RoleSessionName"], "erin");
+    assert_eq!(form["WebIdentityToken"], provider.token("erin"));
+    assert!(form.get("SourceIdentity").is_none());
+    let erin_key = issued_key(&calls[0]).expect("erin's key");
+    let s3: Vec<_> = moto
+        .requests()
+        .into_iter()
+        .filter(|r| r["service"] == "s3")
+        .collect();
+    assert!(!s3.is_empty());
+    assert!(s3.iter().all(|r| r["access_key"] == erin_key.as_str()));
+
+    // frank (a steward by his token's groups) reads through the gateway's AssumeRole, named
+    // by the e-mail claim of his token.
+    let frank = gateway
+        .try_connect("frank", provider.token("frank"))
+        .await
+        .expect("frank logs in");
+    assert!(
+        !rows(&frank, "SELECT count(*) FROM gtm.patients")
+            .await
+            .expect("frank reads patients")
+            .is_empty()
+    );
+    let assumed = moto.assume_role_calls();
+    assert_eq!(assumed.len(), 1);
+    assert_eq!(assumed[0]["form"]["SourceIdentity"], "frank@example.com");
+    assert_eq!(
+        assumed[0]["form"]["RoleArn"],
+        role_arn("lakegate-gtm-steward")
+    );
+
+    // alice is a local (SCRAM) user: she has no token to assume the web-identity role with.
+    let alice = gateway.connect("alice").await;
+    let error = alice.simple_query(EU_SALES).await.expect_err("no token");
+    let db = error.as_db_error().expect("db error");
+    assert_eq!(db.code().code(), "28000");
+    assert!(
+        db.message().contains("log in with your token"),
+        "{}",
+        db.message()
+    );
+    assert_eq!(moto.calls("AssumeRoleWithWebIdentity").len(), 1);
 }

@@ -120,7 +120,10 @@ fn tables_in_s3_need_aws_settings() {
     let dir = config.parent().expect("dir").to_path_buf();
     let catalog = std::fs::read_to_string(quickstart().join("catalog.yaml"))
         .expect("catalog")
-        .replace("location: data/gtm/sales", "location: s3://lake-gtm/gtm/sales/");
+        .replace(
+            "location: data/gtm/sales",
+            "location: s3://lake-gtm/gtm/sales/",
+        );
     std::fs::write(dir.join("catalog.yaml"), catalog).expect("catalog");
     let text = std::fs::read_to_string(&config).expect("config");
     let text = text

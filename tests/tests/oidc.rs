@@ -2,81 +2,12 @@
 //! here by tests/peers/oidc/provider.mjs) that issues RS256 JWT access tokens for two
 //! directory users: erin (group eu-sales) and frank (group gtm-stewards). Neither is a local
 //! user of the quickstart, so both log in with a token.
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use lakegate_e2e::{Gateway, rows, sqlstate, workspace};
+use lakegate_e2e::oidc::Provider;
+use std::process::Command;
 
-struct Provider {
-    child: Child,
-    issuer: String,
-    tokens: HashMap<String, String>,
-}
-
-impl Provider {
-    fn start() -> Provider {
-        let dir = workspace().join("tests/peers/oidc");
-        assert!(
-            dir.join("node_modules/oidc-provider").exists(),
-            "oidc-provider is missing: run `npm ci` in tests/peers/oidc (scripts/setup-clients does)"
-        );
-        let mut child = Command::new("node")
-            .arg(dir.join("provider.mjs"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("node must be installed to run the OpenID provider");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut issuer = String::new();
-        let mut tokens = HashMap::new();
-        // Readiness: the provider prints its issuer, then one token per user it obtained
-        // from its own token endpoint.
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let parts: Vec<&str> = line.splitn(3, ' ').collect();
-            match parts.as_slice() {
-                ["issuer", url] => issuer = url.to_string(),
-                ["token", user, jwt] => {
-                    tokens.insert(user.to_string(), jwt.to_string());
-                }
-                _ => {}
-            }
-            if tokens.len() == 2 {
-                break;
-            }
-        }
-        assert!(
-            !issuer.is_empty() && tokens.len() == 2,
-            "the provider did not start"
-        );
-        Provider {
-            child,
-            issuer,
-            tokens,
-        }
-    }
-
-    fn token(&self, user: &str) -> &str {
-        &self.tokens[user]
-    }
-
-    fn gateway(&self, audience: &str) -> Gateway {
-        Gateway::start_with_config(&format!(
-            "oidc:\n  - issuer: {}\n    audience: {audience}\n    attribute_claims: [email]\n",
-            self.issuer
-        ))
-    }
-}
-
-impl Drop for Provider {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use lakegate_e2e::{rows, sqlstate};
 
 /// A JWT with its payload replaced (the signature no longer matches).
 fn with_payload(token: &str, edit: impl FnOnce(&mut serde_json::Value)) -> String {

@@ -10,6 +10,10 @@ pub enum AwsError {
     AmbiguousRole { databases: String },
     #[error("not allowed to assume role {role}")]
     AssumeRoleDenied { role: String },
+    #[error(
+        "role {role} is assumed with your company token: log in with your token to read this data"
+    )]
+    NeedsToken { role: String },
     #[error("your login has expired; log in again")]
     LoginExpired,
     #[error("AWS STS did not answer for role {role}; try again later")]
@@ -24,7 +28,9 @@ impl AwsError {
             AwsError::NoRole { .. } | AwsError::AmbiguousRole { .. } | AwsError::ReadDenied => {
                 "42501"
             }
-            AwsError::AssumeRoleDenied { .. } | AwsError::LoginExpired => "28000",
+            AwsError::AssumeRoleDenied { .. }
+            | AwsError::LoginExpired
+            | AwsError::NeedsToken { .. } => "28000",
             AwsError::StsUnavailable { .. } => "58000",
         }
     }
@@ -43,7 +49,9 @@ impl AwsError {
             AwsError::ReadDenied => {
                 "the role of your persona lacks S3 read access to this table: ask its data owner"
             }
-            AwsError::LoginExpired | AwsError::StsUnavailable { .. } => "",
+            AwsError::LoginExpired
+            | AwsError::StsUnavailable { .. }
+            | AwsError::NeedsToken { .. } => "",
         }
     }
 }

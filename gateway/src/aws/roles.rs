@@ -14,13 +14,10 @@ impl RoleMap {
     /// The role a holder of `personas` reads `database` with: the first entry naming that
     /// database (or `*`) and one of the personas. First match, like policy rules, so an
     /// operator orders entries from the most to the least privileged persona.
-    pub fn role_for(&self, personas: &[String], database: &str) -> Option<&str> {
-        self.entries
-            .iter()
-            .find(|e| {
-                (e.database == "*" || e.database == database) && personas.contains(&e.persona)
-            })
-            .map(|e| e.role_arn.as_str())
+    pub fn role_for(&self, personas: &[String], database: &str) -> Option<&RoleConfig> {
+        self.entries.iter().find(|e| {
+            (e.database == "*" || e.database == database) && personas.contains(&e.persona)
+        })
     }
 
     pub fn personas(&self) -> impl Iterator<Item = &str> {
@@ -37,6 +34,7 @@ mod tests {
             database: database.into(),
             persona: persona.into(),
             role_arn: role.into(),
+            web_identity: false,
         }
     }
 
@@ -47,12 +45,16 @@ mod tests {
             entry("gtm", "reader", "arn:gtm-reader"),
             entry("*", "reader", "arn:any-reader"),
         ]);
+        let role = |personas: &[String], database| {
+            map.role_for(personas, database)
+                .map(|e| e.role_arn.as_str())
+        };
         let both = vec!["reader".to_string(), "steward".to_string()];
-        assert_eq!(map.role_for(&both, "gtm"), Some("arn:steward"));
+        assert_eq!(role(&both, "gtm"), Some("arn:steward"));
         let reader = vec!["reader".to_string()];
-        assert_eq!(map.role_for(&reader, "gtm"), Some("arn:gtm-reader"));
-        assert_eq!(map.role_for(&reader, "finance"), Some("arn:any-reader"));
-        assert_eq!(map.role_for(&[], "gtm"), None);
-        assert_eq!(map.role_for(&["steward".to_string()], "finance"), None);
+        assert_eq!(role(&reader, "gtm"), Some("arn:gtm-reader"));
+        assert_eq!(role(&reader, "finance"), Some("arn:any-reader"));
+        assert_eq!(role(&[], "gtm"), None);
+        assert_eq!(role(&["steward".to_string()], "finance"), None);
     }
 }

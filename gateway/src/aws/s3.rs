@@ -16,6 +16,8 @@ use object_store::client::{
 };
 
 use super::{Aws, AwsError, RoleSessions};
+use crate::auth::LoginToken;
+use crate::config::RoleConfig;
 
 /// A bucket and the databases whose tables, among those a user may read, live in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +40,7 @@ pub fn register_user_stores(
     context: &SessionContext,
     aws: &Aws,
     identity: &Identity,
+    token: Option<LoginToken>,
     personas: &[String],
     buckets: &[S3Bucket],
 ) -> Result<(), String> {
@@ -47,14 +50,16 @@ pub fn register_user_stores(
         for database in &bucket.databases {
             match aws.roles.role_for(personas, database) {
                 Some(role) => {
-                    roles.insert(role.to_string(), database.clone());
+                    roles.insert((role.role_arn.clone(), role.web_identity), role.clone());
                 }
                 None => missing = Some(database.clone()),
             }
         }
         let role = match (missing, roles.len()) {
             (Some(database), _) => Err(AwsError::NoRole { database }),
-            (None, 1) => Ok(roles.into_keys().next().unwrap_or_default()),
+            (None, 1) => roles.into_values().next().ok_or_else(|| AwsError::NoRole {
+                database: String::new(),
+            }),
             (None, _) => Err(AwsError::AmbiguousRole {
                 databases: bucket
                     .databases
@@ -67,6 +72,7 @@ pub fn register_user_stores(
         let credentials = UserCredentials {
             sessions: aws.sessions.clone(),
             identity: identity.clone(),
+            token: token.clone(),
             role,
         };
         let mut builder = AmazonS3Builder::new()
@@ -94,14 +100,15 @@ pub fn register_user_stores(
 struct UserCredentials {
     sessions: Arc<RoleSessions>,
     identity: Identity,
-    role: Result<String, AwsError>,
+    token: Option<LoginToken>,
+    role: Result<RoleConfig, AwsError>,
 }
 
 impl std::fmt::Debug for UserCredentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UserCredentials")
             .field("user", &self.identity.name)
-            .field("role", &self.role)
+            .field("role", &self.role.as_ref().map(|r| &r.role_arn))
             .finish()
     }
 }
@@ -118,7 +125,7 @@ impl CredentialProvider for UserCredentials {
         let role = self.role.as_ref().map_err(|e| fail(e.clone()))?;
         let credentials = self
             .sessions
-            .credentials(&self.identity, role)
+            .credentials(&self.identity, role, self.token.as_ref())
             .await
             .map_err(fail)?;
         Ok(Arc::new(AwsCredential {

@@ -15,7 +15,8 @@ use moka::Expiry;
 use moka::future::Cache;
 
 use super::AwsError;
-use crate::config::AwsConfig;
+use crate::auth::LoginToken;
+use crate::config::{AwsConfig, RoleConfig};
 
 /// Temporary credentials of one assumed-role session.
 #[derive(Clone)]
@@ -40,6 +41,7 @@ impl std::fmt::Debug for RoleCredentials {
 struct Key {
     user: String,
     role: String,
+    web_identity: bool,
     /// Hash of SourceIdentity and tags: a user whose attributes changed gets a new session.
     request: u64,
 }
@@ -125,7 +127,8 @@ impl RoleSessions {
     pub async fn credentials(
         &self,
         identity: &Identity,
-        role: &str,
+        role: &RoleConfig,
+        token: Option<&LoginToken>,
     ) -> Result<Arc<RoleCredentials>, AwsError> {
         let login_left = match identity.expires_at {
             None => None,
@@ -139,11 +142,22 @@ impl RoleSessions {
         request.hash(&mut hasher);
         let key = Key {
             user: identity.name.clone(),
-            role: role.to_string(),
+            role: role.role_arn.clone(),
+            web_identity: role.web_identity,
             request: hasher.finish(),
         };
+        let token = match (role.web_identity, token) {
+            (false, _) => None,
+            (true, Some(token)) => Some(token),
+            (true, None) => {
+                return Err(AwsError::NeedsToken {
+                    role: role.role_arn.clone(),
+                });
+            }
+        };
+        let assume = self.assume(&identity.name, &role.role_arn, request, token, login_left);
         self.cache
-            .try_get_with(key, self.assume(&identity.name, role, request, login_left))
+            .try_get_with(key, assume)
             .await
             .map_err(|e| (*e).clone())
     }
@@ -153,6 +167,7 @@ impl RoleSessions {
         user: &str,
         role: &str,
         request: SessionRequest,
+        token: Option<&LoginToken>,
         login_left: Option<Duration>,
     ) -> Result<Arc<RoleCredentials>, AwsError> {
         // STS's shortest session is 15 minutes; a login ending sooner still ends the cache
@@ -166,44 +181,36 @@ impl RoleSessions {
             .filter_map(|(k, v)| Tag::builder().key(k).value(v).build().ok())
             .collect();
         let started = Instant::now();
-        let result = self
-            .sts
-            .assume_role()
-            .role_arn(role)
-            .role_session_name(&request.session_name)
-            .source_identity(&request.source_identity)
-            .duration_seconds(i32::try_from(duration.as_secs()).unwrap_or(3600))
-            .set_tags((!tags.is_empty()).then_some(tags))
-            .send()
-            .await;
-        let output = match result {
-            Ok(output) => output,
-            Err(error) => {
-                let code = error.code().unwrap_or("").to_string();
-                let request_id = error.request_id().unwrap_or("").to_string();
-                let detail = aws_sdk_sts::error::DisplayErrorContext(&error).to_string();
-                tracing::warn!(user, role, source_identity = %request.source_identity, %code,
-                    %request_id, error = %detail, "sts:AssumeRole failed");
-
-                // STS's code when its answer parses; else its status (moto's 403 bodies do not
-                // parse as STS errors). 403: this role, for this user, is refused.
-                let status = error.raw_response().map(|r| r.status().as_u16());
-                let refused = matches!(
-                    code.as_str(),
-                    "AccessDenied" | "RegionDisabledException" | "ValidationError"
-                ) || (code.is_empty() && status == Some(403));
-                return Err(if refused {
-                    AwsError::AssumeRoleDenied {
-                        role: role.to_string(),
-                    }
-                } else {
-                    AwsError::StsUnavailable {
-                        role: role.to_string(),
-                    }
-                });
-            }
+        let seconds = i32::try_from(duration.as_secs()).unwrap_or(3600);
+        // With the user's own token, STS takes SourceIdentity and tags from the token's claims
+        // (the issuer's mapping), not from the caller.
+        let result = match token {
+            Some(token) => self
+                .sts
+                .assume_role_with_web_identity()
+                .role_arn(role)
+                .role_session_name(&request.session_name)
+                .web_identity_token(&token.0)
+                .duration_seconds(seconds)
+                .send()
+                .await
+                .map(|o| (o.credentials().cloned(), o.request_id().map(str::to_string)))
+                .map_err(|e| failure(e, user, role, &request)),
+            None => self
+                .sts
+                .assume_role()
+                .role_arn(role)
+                .role_session_name(&request.session_name)
+                .source_identity(&request.source_identity)
+                .duration_seconds(seconds)
+                .set_tags((!tags.is_empty()).then_some(tags))
+                .send()
+                .await
+                .map(|o| (o.credentials().cloned(), o.request_id().map(str::to_string)))
+                .map_err(|e| failure(e, user, role, &request)),
         };
-        let Some(credentials) = output.credentials() else {
+        let (credentials, request_id) = result?;
+        let Some(credentials) = credentials else {
             tracing::error!(user, role, "sts:AssumeRole answered without credentials");
             return Err(AwsError::StsUnavailable {
                 role: role.to_string(),
@@ -220,7 +227,7 @@ impl RoleSessions {
         }
         tracing::info!(user, role, source_identity = %request.source_identity,
             session_name = %request.session_name, tags = request.tags.len(),
-            request_id = output.request_id().unwrap_or(""),
+            request_id = request_id.as_deref().unwrap_or(""), web_identity = token.is_some(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "assumed role for user");
         Ok(Arc::new(RoleCredentials {
@@ -229,6 +236,44 @@ impl RoleSessions {
             session_token: credentials.session_token().to_string(),
             replace_at: started + valid_for,
         }))
+    }
+}
+
+/// Why STS refused, logged with its request id; the client gets a short, safe reason.
+fn failure<E>(
+    error: aws_sdk_sts::error::SdkError<E, aws_sdk_sts::config::http::HttpResponse>,
+    user: &str,
+    role: &str,
+    request: &SessionRequest,
+) -> AwsError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let code = error.code().unwrap_or("").to_string();
+    let request_id = error.request_id().unwrap_or("").to_string();
+    let detail = aws_sdk_sts::error::DisplayErrorContext(&error).to_string();
+    tracing::warn!(user, role, source_identity = %request.source_identity, %code,
+        %request_id, error = %detail, "assuming the user's role failed");
+    // STS's code when its answer parses; else its status (moto's 403 bodies do not parse as
+    // STS errors). 403: this role, for this user, is refused.
+    let status = error.raw_response().map(|r| r.status().as_u16());
+    let refused = matches!(
+        code.as_str(),
+        "AccessDenied"
+            | "RegionDisabledException"
+            | "ValidationError"
+            | "InvalidIdentityToken"
+            | "ExpiredTokenException"
+            | "IDPRejectedClaim"
+    ) || (code.is_empty() && matches!(status, Some(400 | 403)));
+    if refused {
+        AwsError::AssumeRoleDenied {
+            role: role.to_string(),
+        }
+    } else {
+        AwsError::StsUnavailable {
+            role: role.to_string(),
+        }
     }
 }
 
@@ -268,6 +313,64 @@ pub fn tag_text(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An STS client that cannot send: these cases must be decided before any call.
+    fn offline() -> RoleSessions {
+        let sts = aws_sdk_sts::Client::from_conf(
+            aws_sdk_sts::Config::builder()
+                .behavior_version(aws_config::BehaviorVersion::latest())
+                .region(aws_config::Region::new("us-east-1"))
+                .build(),
+        );
+        let config: AwsConfig = serde_saphyr::from_str(
+            "source_identity_attribute: email\nsession_tags: { Department: department, Missing: nope }\n",
+        )
+        .expect("config");
+        RoleSessions::new(sts, &config)
+    }
+
+    fn role(web_identity: bool) -> RoleConfig {
+        RoleConfig {
+            database: "*".into(),
+            persona: "reader".into(),
+            role_arn: "arn:aws:iam::123456789012:role/r".into(),
+            web_identity,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_expired_login_gets_no_credentials() {
+        let mut erin = Identity::new("erin", vec![]);
+        erin.expires_at = Some(SystemTime::now() - Duration::from_secs(1));
+        let result = offline().credentials(&erin, &role(false), None).await;
+        assert!(matches!(result, Err(AwsError::LoginExpired)), "{result:?}");
+    }
+
+    #[tokio::test]
+    async fn a_web_identity_role_needs_the_login_token() {
+        let alice = Identity::new("alice", vec![]);
+        let result = offline().credentials(&alice, &role(true), None).await;
+        assert!(
+            matches!(result, Err(AwsError::NeedsToken { .. })),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn what_sts_is_told() {
+        let mut erin = Identity::new("Erin Doe", vec![]);
+        erin.attributes
+            .insert("email".into(), "erin@example.com".into());
+        erin.attributes
+            .insert("department".into(), "EU Sales; DE".into());
+        let request = offline().request_for(&erin);
+        assert_eq!(request.source_identity, "erin@example.com");
+        assert_eq!(request.session_name, "Erin-Doe");
+        assert_eq!(
+            request.tags,
+            vec![("Department".to_string(), "EU Sales_ DE".to_string())]
+        );
+    }
 
     #[test]
     fn names_keep_to_what_sts_accepts() {

@@ -50,7 +50,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             "service": match.group(2) if match else None,
             "status": response.status,
         }
-        if record["service"] == "sts":
+        # Query-protocol calls (STS; AssumeRoleWithWebIdentity is not even signed).
+        if "x-www-form-urlencoded" in self.headers.get("Content-Type", ""):
             record["form"] = dict(urllib.parse.parse_qsl(body.decode()))
             record["response"] = payload.decode(errors="replace")
         with LOCK:
