@@ -25,4 +25,8 @@ pub enum CatalogError {
         #[source]
         source: datafusion::error::DataFusionError,
     },
+    #[error("Glue database {database}: {message}")]
+    Glue { database: String, message: String },
+    #[error("database {0} is in both the local catalog and Glue")]
+    Duplicate(String),
 }

@@ -2,14 +2,16 @@
 //! location, format, columns, partition keys and parameters) and the providers that fill it.
 //!
 //! The local provider reads a YAML catalog file and serves its tables from Parquet/CSV files
-//! with DataFusion's listing tables; a Glue provider will fill the same model later.
+//! with DataFusion's listing tables; the Glue provider (`glue.rs`) fills the same model from the Glue Data Catalog.
 
 mod error;
+mod glue;
 mod local;
 mod model;
 mod types;
 
 pub use error::CatalogError;
+pub use glue::{GlueLoad, load_glue};
 pub use local::LocalCatalog;
-pub use model::{Catalog, Column, Database, Table, TableFormat};
+pub use model::{Catalog, Column, CsvLayout, Database, Table, TableFormat};
 pub use types::glue_type_to_arrow;

@@ -4,16 +4,18 @@ use std::sync::Arc;
 use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::catalog::TableProvider;
 use datafusion::datasource::file_format::csv::CsvFormat;
+use datafusion::datasource::file_format::json::JsonFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
 
 use crate::error::CatalogError;
-use crate::model::{Catalog, Table, TableFormat};
+use crate::model::{Catalog, Database, Table, TableFormat};
 use crate::types::glue_type_to_arrow;
 
-/// The embedded default: a catalog file on disk, with each table's files in a local folder.
+/// The catalog the gateway serves: the databases of a catalog file (the embedded default, each
+/// table's files in a local folder or S3) and any added from Glue.
 #[derive(Debug, Clone)]
 pub struct LocalCatalog {
     catalog: Catalog,
@@ -41,8 +43,27 @@ impl LocalCatalog {
         Ok(local)
     }
 
+    /// No local databases (a configuration serving Glue only).
+    pub fn empty() -> Self {
+        LocalCatalog {
+            catalog: Catalog::default(),
+            base_dir: PathBuf::from("."),
+        }
+    }
+
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
+    }
+
+    /// Adds databases from another source (Glue) beside the local ones.
+    pub fn add_databases(&mut self, databases: Vec<Database>) -> Result<(), CatalogError> {
+        for db in &databases {
+            if self.catalog.database(&db.name).is_some() {
+                return Err(CatalogError::Duplicate(db.name.clone()));
+            }
+        }
+        self.catalog.databases.extend(databases);
+        self.validate()
     }
 
     fn validate(&self) -> Result<(), CatalogError> {
@@ -111,8 +132,14 @@ impl LocalCatalog {
             TableFormat::Parquet => ListingOptions::new(Arc::new(ParquetFormat::default()))
                 .with_file_extension(".parquet"),
             TableFormat::Csv => {
-                ListingOptions::new(Arc::new(CsvFormat::default().with_has_header(true)))
-                    .with_file_extension(".csv")
+                let delimiter = u8::try_from(table.csv.delimiter).unwrap_or(b',');
+                let csv = CsvFormat::default()
+                    .with_has_header(table.csv.header)
+                    .with_delimiter(delimiter);
+                ListingOptions::new(Arc::new(csv)).with_file_extension(".csv")
+            }
+            TableFormat::Json => {
+                ListingOptions::new(Arc::new(JsonFormat::default())).with_file_extension(".json")
             }
         };
         let partition_cols = table

@@ -41,6 +41,9 @@ pub struct Table {
     pub view_sql: Option<String>,
     #[serde(default)]
     pub format: TableFormat,
+    /// How CSV files are laid out (CSV tables only).
+    #[serde(default)]
+    pub csv: CsvLayout,
     pub columns: Vec<Column>,
     /// Hive-style partition keys (`key=value` folders), in folder order.
     #[serde(default)]
@@ -55,6 +58,37 @@ pub enum TableFormat {
     #[default]
     Parquet,
     Csv,
+    /// Newline-delimited JSON objects.
+    Json,
+}
+
+/// A CSV table's layout: Glue keeps it as the SerDe's `field.delim` and the table's
+/// `skip.header.line.count`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CsvLayout {
+    /// Whether the first line of each file names the columns. Default `true`.
+    #[serde(default = "yes")]
+    pub header: bool,
+    /// Field delimiter. Default `,`.
+    #[serde(default = "comma")]
+    pub delimiter: char,
+}
+
+impl Default for CsvLayout {
+    fn default() -> Self {
+        CsvLayout {
+            header: true,
+            delimiter: ',',
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn comma() -> char {
+    ','
 }
 
 /// A column, with a Glue/Hive type name (`string`, `bigint`, `decimal(12,2)`, `date`, ...).

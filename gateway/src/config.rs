@@ -24,8 +24,12 @@ pub struct Config {
     pub default_schema: Option<String>,
     #[serde(default)]
     pub tls: TlsConfig,
-    /// The local catalog file (Glue's model). Required.
-    pub catalog: PathBuf,
+    /// The local catalog file (Glue's model). Default: none; then `glue` must name databases.
+    #[serde(default)]
+    pub catalog: Option<PathBuf>,
+    /// Databases read from the AWS Glue Data Catalog (needs `aws`). Default: none.
+    #[serde(default)]
+    pub glue: Option<GlueConfig>,
     /// Policy files: a folder of `*.yaml` files (read in name order) or one file. Required.
     pub policy: PathBuf,
     /// Local users (service users and the quickstart's demo users).
@@ -79,6 +83,26 @@ pub struct AwsConfig {
     /// without the attribute gets no such tag.
     #[serde(default)]
     pub session_tags: BTreeMap<String, String>,
+}
+
+/// The Glue Data Catalog as a source of databases (see README, "Tables from the Glue Data
+/// Catalog"). Metadata is read with the gateway's own credentials; data with each user's role.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GlueConfig {
+    /// The Glue databases served, each as a schema of the same name. Required.
+    pub databases: Vec<String>,
+    /// The catalog (account id) to read. Default: the account of the gateway's credentials.
+    #[serde(default)]
+    pub catalog_id: Option<String>,
+    /// How often the databases are read again, in seconds; sessions started later see the new
+    /// tables. 0: only at start. Default 300.
+    #[serde(default = "default_glue_refresh")]
+    pub refresh_seconds: u64,
+}
+
+fn default_glue_refresh() -> u64 {
+    300
 }
 
 /// One persona's IAM role in one database (data domain).
@@ -239,11 +263,14 @@ impl Config {
             })?;
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [
-            &mut config.catalog,
-            &mut config.policy,
-            &mut config.tls.cert,
-            &mut config.tls.key,
-        ] {
+            config.catalog.as_mut(),
+            Some(&mut config.policy),
+            Some(&mut config.tls.cert),
+            Some(&mut config.tls.key),
+        ]
+        .into_iter()
+        .flatten()
+        {
             if p.is_relative() {
                 *p = base.join(&*p);
             }

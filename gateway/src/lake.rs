@@ -2,7 +2,7 @@
 //! the tables (and columns) policy lets that user read, with `EnforcePolicy` as the first
 //! analyzer rule so every plan of the session is rewritten.
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use datafusion::catalog::view::ViewTable;
@@ -30,18 +30,57 @@ use crate::config::Config;
 use crate::error::StartupError;
 use crate::pg_compat;
 
-/// Shared, read-only state every session is built from.
+/// Shared state every session is built from. The tables can be replaced while serving (a Glue
+/// refresh); a session keeps the tables it was built with.
 #[derive(Debug)]
 pub struct Lake {
     pub config: Arc<Config>,
-    pub catalog: LocalCatalog,
     pub policy: PolicySet,
     pub default_schema: String,
-    raw: BTreeMap<(String, String), Arc<dyn TableProvider>>,
     /// AWS, when the configuration has it: tables in S3 are read with each user's role.
     pub aws: Option<Arc<Aws>>,
+    tables: RwLock<Arc<Tables>>,
+}
+
+/// The catalog and the raw DataFusion table of each catalog table.
+#[derive(Debug)]
+pub struct Tables {
+    pub catalog: LocalCatalog,
+    raw: BTreeMap<(String, String), Arc<dyn TableProvider>>,
     /// The bucket of each table stored in S3.
     buckets: BTreeMap<(String, String), String>,
+}
+
+impl Tables {
+    pub fn new(catalog: LocalCatalog, aws: bool) -> Result<Tables, StartupError> {
+        let mut raw = BTreeMap::new();
+        let mut buckets = BTreeMap::new();
+        for db in &catalog.catalog().databases {
+            for table in db.tables.iter().filter(|t| !t.is_view()) {
+                let provider = catalog.table_provider(&db.name, table)?;
+                raw.insert((db.name.clone(), table.name.clone()), provider);
+                if let Some(bucket) = crate::aws::bucket_of(&table.location) {
+                    if !aws {
+                        return Err(StartupError::Other(format!(
+                            "table {}.{} is stored in S3 ({}), but the configuration has no aws section",
+                            db.name, table.name, table.location
+                        )));
+                    }
+                    buckets.insert((db.name.clone(), table.name.clone()), bucket.to_string());
+                } else if table.location.contains("://") {
+                    return Err(StartupError::Other(format!(
+                        "table {}.{}: location {} is neither s3:// nor a local folder",
+                        db.name, table.name, table.location
+                    )));
+                }
+            }
+        }
+        Ok(Tables {
+            catalog,
+            raw,
+            buckets,
+        })
+    }
 }
 
 /// One user's session: who they are and the DataFusion context holding only what they may read.
@@ -71,42 +110,43 @@ impl Lake {
         policy: PolicySet,
         aws: Option<Arc<Aws>>,
     ) -> Result<Lake, StartupError> {
-        let mut raw = BTreeMap::new();
-        let mut buckets = BTreeMap::new();
-        for db in &catalog.catalog().databases {
-            for table in db.tables.iter().filter(|t| !t.is_view()) {
-                let provider = catalog.table_provider(&db.name, table)?;
-                raw.insert((db.name.clone(), table.name.clone()), provider);
-                if let Some(bucket) = crate::aws::bucket_of(&table.location) {
-                    if aws.is_none() {
-                        return Err(StartupError::Other(format!(
-                            "table {}.{} is stored in S3 ({}), but the configuration has no aws section",
-                            db.name, table.name, table.location
-                        )));
-                    }
-                    buckets.insert((db.name.clone(), table.name.clone()), bucket.to_string());
-                } else if table.location.contains("://") {
-                    return Err(StartupError::Other(format!(
-                        "table {}.{}: location {} is neither s3:// nor a local folder",
-                        db.name, table.name, table.location
-                    )));
-                }
-            }
-        }
+        let tables = Tables::new(catalog, aws.is_some())?;
         let default_schema = config
             .default_schema
             .clone()
-            .or_else(|| catalog.catalog().databases.first().map(|d| d.name.clone()))
+            .or_else(|| {
+                tables
+                    .catalog
+                    .catalog()
+                    .databases
+                    .first()
+                    .map(|d| d.name.clone())
+            })
             .unwrap_or_else(|| "public".to_string());
         Ok(Lake {
             config,
-            catalog,
             policy,
             default_schema,
-            raw,
             aws,
-            buckets,
+            tables: RwLock::new(Arc::new(tables)),
         })
+    }
+
+    /// The tables sessions are built from now.
+    pub fn tables(&self) -> Arc<Tables> {
+        match self.tables.read() {
+            Ok(tables) => tables.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Serves `tables` to sessions started from now on.
+    pub fn replace_tables(&self, tables: Tables) {
+        let mut slot = match self.tables.write() {
+            Ok(slot) => slot,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *slot = Arc::new(tables);
     }
 
     pub fn identity_of(&self, user: &str) -> Option<Identity> {
@@ -174,20 +214,21 @@ impl Lake {
         let mut problems = Vec::new();
         let mut hidden_views = Vec::new();
         let mut schemas = BTreeMap::new();
-        for db in &self.catalog.catalog().databases {
+        let tables = self.tables();
+        for db in &tables.catalog.catalog().databases {
             let schema = Arc::new(MemorySchemaProvider::new());
             let _ = catalog.register_schema(&db.name, schema.clone());
             schemas.insert(db.name.clone(), schema);
         }
         // Tables first, then views in catalog order: a view's body is planned in this session,
         // over what this user may read (invoker's rights), so it can use tables and earlier views.
-        let tables = self
+        let entries = tables
             .catalog
             .catalog()
             .databases
             .iter()
             .flat_map(|db| db.tables.iter().map(move |t| (db, t)));
-        let (views, bases): (Vec<_>, Vec<_>) = tables.partition(|(_, t)| t.is_view());
+        let (views, bases): (Vec<_>, Vec<_>) = entries.partition(|(_, t)| t.is_view());
         for (db, table) in bases.into_iter().chain(views) {
             let meta = Self::table_meta(&db.name, table);
             let Decision::Allowed(access) = self.policy.decide(&identity, &meta) else {
@@ -195,7 +236,7 @@ impl Lake {
             };
             let name = format!("{}.{}", db.name, table.name);
             let raw: Arc<dyn TableProvider> = match &table.view_sql {
-                None => match self.raw.get(&(db.name.clone(), table.name.clone())) {
+                None => match tables.raw.get(&(db.name.clone(), table.name.clone())) {
                     Some(raw) => raw.clone(),
                     None => continue,
                 },
@@ -243,7 +284,7 @@ impl Lake {
             let personas = self.policy.personas_of(&identity);
             let mut buckets: BTreeMap<&str, S3Bucket> = BTreeMap::new();
             for key in visible.tables.keys() {
-                if let Some(bucket) = self.buckets.get(key) {
+                if let Some(bucket) = tables.buckets.get(key) {
                     buckets
                         .entry(bucket)
                         .or_insert_with(|| S3Bucket {

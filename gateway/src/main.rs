@@ -177,7 +177,7 @@ fn load_policy(path: &Path) -> Result<PolicySet, StartupError> {
     PolicySet::load(&sources).map_err(StartupError::Policy)
 }
 
-async fn load_lake(config_path: &Path) -> Result<Lake, StartupError> {
+async fn load_lake(config_path: &Path) -> Result<(Lake, Vec<String>), StartupError> {
     let config = Config::load(config_path)?;
     auth::validate_users(&config).map_err(|message| StartupError::Config {
         path: config_path.to_path_buf(),
@@ -197,7 +197,12 @@ async fn load_lake(config_path: &Path) -> Result<Lake, StartupError> {
         })?)),
         None => None,
     };
-    let catalog = LocalCatalog::load(&config.catalog)?;
+    let (catalog, skipped) = load_catalog(&config, aws.as_deref())
+        .await
+        .map_err(|message| StartupError::Config {
+            path: config_path.to_path_buf(),
+            message,
+        })?;
     let policy = load_policy(&config.policy)?;
     if let Some(aws) = &aws {
         for persona in aws.roles.personas() {
@@ -211,11 +216,85 @@ async fn load_lake(config_path: &Path) -> Result<Lake, StartupError> {
             }
         }
     }
-    Lake::new(Arc::new(config), catalog, policy, aws)
+    Ok((Lake::new(Arc::new(config), catalog, policy, aws)?, skipped))
+}
+
+/// The local catalog file's databases and the Glue databases, and the Glue tables left out.
+async fn load_catalog(
+    config: &Config,
+    aws: Option<&aws::Aws>,
+) -> Result<(LocalCatalog, Vec<String>), String> {
+    let mut catalog = match &config.catalog {
+        Some(path) => LocalCatalog::load(path).map_err(|e| e.to_string())?,
+        None => LocalCatalog::empty(),
+    };
+    let mut skipped = Vec::new();
+    if let Some(glue) = &config.glue {
+        let Some(aws) = aws else {
+            return Err("glue needs an aws section (region, endpoint, roles)".into());
+        };
+        let client = aws_sdk_glue::Client::new(&aws.sdk);
+        let load =
+            lakegate_catalog::load_glue(&client, glue.catalog_id.as_deref(), &glue.databases)
+                .await
+                .map_err(|e| e.to_string())?;
+        skipped = load.skipped;
+        catalog
+            .add_databases(load.databases)
+            .map_err(|e| e.to_string())?;
+    }
+    if catalog.catalog().databases.is_empty() {
+        return Err("no databases to serve: name a catalog file or glue databases".into());
+    }
+    Ok((catalog, skipped))
+}
+
+/// Reads the catalog again every `refresh_seconds`; sessions started afterwards see the new
+/// tables. A failed read keeps the tables being served (and is logged).
+async fn refresh_catalog(lake: Arc<Lake>, every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let loaded = load_catalog(&lake.config, lake.aws.as_deref())
+            .await
+            .and_then(|(catalog, _)| {
+                lake::Tables::new(catalog, lake.aws.is_some()).map_err(|e| e.to_string())
+            });
+        match loaded {
+            Ok(tables) => {
+                let count: usize = tables
+                    .catalog
+                    .catalog()
+                    .databases
+                    .iter()
+                    .map(|d| d.tables.len())
+                    .sum();
+                lake.replace_tables(tables);
+                tracing::info!(tables = count, "catalog refreshed");
+            }
+            Err(error) => {
+                tracing::warn!(%error, "catalog refresh failed; serving the tables read before")
+            }
+        }
+    }
 }
 
 async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), StartupError> {
-    let lake = Arc::new(load_lake(config_path).await?);
+    let (lake, skipped) = load_lake(config_path).await?;
+    for table in skipped {
+        tracing::warn!(%table, "Glue table not served");
+    }
+    let lake = Arc::new(lake);
+    if let Some(glue) = &lake.config.glue
+        && glue.refresh_seconds > 0
+    {
+        tokio::spawn(refresh_catalog(
+            lake.clone(),
+            std::time::Duration::from_secs(glue.refresh_seconds),
+        ));
+    }
     let tls = tls::acceptor(&lake.config.tls)?;
     let oidc = Arc::new(
         oidc::OidcVerifier::new(&lake.config.oidc).map_err(|message| StartupError::Config {
@@ -248,7 +327,10 @@ async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Startup
 /// Builds every configured user's session, so a rule that does not compile fails here, not
 /// as a silently hidden table at run time.
 async fn check(config_path: &Path) -> Result<(), StartupError> {
-    let lake = load_lake(config_path).await?;
+    let (lake, skipped) = load_lake(config_path).await?;
+    for table in skipped {
+        println!("note: Glue table {table} is not served");
+    }
     let mut problems = Vec::new();
     let mut granted = 0;
     for user in &lake.config.users {

@@ -33,6 +33,9 @@ pub struct Moto {
     pub moto_endpoint: String,
     pub gateway_key: String,
     pub gateway_secret: String,
+    /// The account's admin user (IAM allows it everything), for tests that change AWS.
+    pub admin_key: String,
+    pub admin_secret: String,
     log: PathBuf,
 }
 
@@ -84,6 +87,7 @@ impl Moto {
             .arg(workspace().join("tests/peers/aws/seed.py"))
             .arg(&moto_endpoint)
             .arg(quickstart().join("data"))
+            .arg(quickstart().join("catalog.yaml"))
             .output()
             .expect("run seed.py");
         assert!(
@@ -120,6 +124,11 @@ impl Moto {
             moto_endpoint,
             gateway_key: seeded["key"].as_str().expect("key").to_string(),
             gateway_secret: seeded["secret"].as_str().expect("secret").to_string(),
+            admin_key: seeded["admin_key"].as_str().expect("admin key").to_string(),
+            admin_secret: seeded["admin_secret"]
+                .as_str()
+                .expect("admin secret")
+                .to_string(),
             log,
         }
     }
@@ -139,6 +148,26 @@ impl Moto {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
+    }
+
+    /// Runs Python with boto3 as the admin user: `glue = client("glue")` etc. are ready.
+    pub fn boto3(&self, script: &str) {
+        let prelude = format!(
+            "import boto3\nfrom botocore.config import Config\n\
+             def client(service):\n    return boto3.client(service, endpoint_url={:?}, region_name='us-east-1', \
+             aws_access_key_id={:?}, aws_secret_access_key={:?}, config=Config(s3={{'addressing_style': 'path'}}))\n",
+            self.moto_endpoint, self.admin_key, self.admin_secret
+        );
+        let out = Command::new(venv_bin("python"))
+            .arg("-c")
+            .arg(format!("{prelude}{script}"))
+            .output()
+            .expect("run python");
+        assert!(
+            out.status.success(),
+            "boto3 script failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Every request the proxy forwarded so far.
@@ -180,4 +209,13 @@ impl Drop for Moto {
         }
         let _ = std::fs::remove_file(&self.log);
     }
+}
+
+/// The quickstart's policy with reader personas for the two analyst groups.
+pub fn reader_policy() -> String {
+    let text = std::fs::read_to_string(quickstart().join("policy/gtm.yaml")).expect("policy");
+    text.replace(
+        "personas:\n",
+        "personas:\n  eu-reader:\n    groups: [eu-sales]\n  us-reader:\n    groups: [us-analyst]\n",
+    )
 }

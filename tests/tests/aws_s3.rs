@@ -2,7 +2,7 @@
 //! recording proxy, the real gateway, tokio-postgres as the client.
 use std::time::Duration;
 
-use lakegate_e2e::aws::{Moto, issued_key, role_arn};
+use lakegate_e2e::aws::{Moto, issued_key, reader_policy, role_arn};
 use lakegate_e2e::oidc::Provider;
 use lakegate_e2e::{Gateway, Setup, quickstart, rows, sqlstate};
 
@@ -12,15 +12,6 @@ fn s3_catalog() -> String {
     let text = text.replace("location: data/gtm/", "location: s3://lake-gtm/gtm/");
     assert!(text.contains("s3://lake-gtm/gtm/sales"));
     text
-}
-
-/// The quickstart's policy with reader personas for the two analyst groups.
-fn policy() -> String {
-    let text = std::fs::read_to_string(quickstart().join("policy/gtm.yaml")).expect("policy");
-    text.replace(
-        "personas:\n",
-        "personas:\n  eu-reader:\n    groups: [eu-sales]\n  us-reader:\n    groups: [us-analyst]\n",
-    )
 }
 
 struct Roles<'a> {
@@ -42,7 +33,7 @@ fn start(moto: &Moto, roles: Roles, extra: &str) -> Gateway {
         ));
     }
     Gateway::start_setup(Setup {
-        policy: Some(policy()),
+        policy: Some(reader_policy()),
         catalog: Some(s3_catalog()),
         extra_config: format!(
             "aws:\n  region: us-east-1\n  endpoint_url: {}\n  source_identity_attribute: email\n  session_tags: {{ Department: department, CostCenter: cost_center }}\n{extra}  roles:\n{entries}",
@@ -72,7 +63,7 @@ const HCP: &str = "SELECT hcp_id, email, country FROM gtm.hcp ORDER BY hcp_id LI
 async fn users_read_s3_tables_with_their_own_role() {
     let moto = Moto::start();
     let gateway = start(&moto, usual_roles(), "");
-    let local = Gateway::start_with_policy(&policy());
+    let local = Gateway::start_with_policy(&reader_policy());
 
     // alice's answers from S3 equal the local quickstart's over the same files, policy applied
     // (EU rows only, hashed e-mails).
@@ -280,7 +271,7 @@ async fn sts_down_is_a_clear_error() {
         .map(|a| a.port())
         .expect("port");
     let gateway = Gateway::start_setup(Setup {
-        policy: Some(policy()),
+        policy: Some(reader_policy()),
         catalog: Some(s3_catalog()),
         extra_config: format!(
             "aws:\n  endpoint_url: http://127.0.0.1:{port}\n  roles:\n    - {{ persona: eu-reader, role_arn: \"{}\" }}\n",
@@ -320,7 +311,7 @@ async fn token_users_read_with_their_own_token_where_the_role_says_so() {
     // eu-reader's role trusts the company's token issuer: it is assumed with the user's own
     // token. The steward role is assumed by the gateway, with the user as SourceIdentity.
     let gateway = Gateway::start_setup(Setup {
-        policy: Some(policy()),
+        policy: Some(reader_policy()),
         catalog: Some(s3_catalog()),
         extra_config: format!(
             "oidc:\n  - issuer: {}\n    audience: urn:lakegate\n    attribute_claims: [email]\n\

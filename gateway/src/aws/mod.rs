@@ -23,6 +23,8 @@ use crate::config::AwsConfig;
 /// The gateway's AWS side, built once at start.
 #[derive(Debug)]
 pub struct Aws {
+    /// The gateway's own AWS configuration (its credentials): for catalog metadata only.
+    pub sdk: aws_config::SdkConfig,
     pub region: String,
     pub endpoint_url: Option<String>,
     pub sessions: Arc<RoleSessions>,
@@ -57,9 +59,10 @@ impl Aws {
             .map(|r| r.to_string())
             .unwrap_or_else(|| "us-east-1".to_string());
         Ok(Aws {
+            sessions: Arc::new(RoleSessions::new(aws_sdk_sts::Client::new(&sdk), config)),
+            sdk,
             region,
             endpoint_url: config.endpoint_url.clone(),
-            sessions: Arc::new(RoleSessions::new(aws_sdk_sts::Client::new(&sdk), config)),
             roles: RoleMap::new(config.roles.clone()),
         })
     }

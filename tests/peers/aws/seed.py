@@ -7,20 +7,25 @@ platform team would set it up for Lakegate:
   `lakegate-gtm-forbidden`;
 - the gateway's own user, allowed sts:AssumeRole/SetSourceIdentity/TagSession on the first
   three roles only, and nothing else (it cannot read S3 itself);
-- the quickstart's Parquet files under s3://lake-gtm/gtm/.
+- the quickstart's Parquet files under s3://lake-gtm/gtm/;
+- the quickstart's catalog registered in the Glue Data Catalog as an ingestion job would (database
+  `gtm`: its tables with columns, comments, parameters, partition keys and daily partitions),
+  plus `gtm.regions`, a CSV table with a header line, and `gtm.events`, a table with a column
+  type Lakegate does not serve (map).
 
-Prints one JSON object: the gateway's access key and secret.
+Prints one JSON object: the access keys of the gateway and of the admin user.
 
-usage: seed.py ENDPOINT DATA_DIR
+usage: seed.py ENDPOINT DATA_DIR CATALOG_YAML
 """
 import json
 import pathlib
 import sys
 
 import boto3
+import yaml
 from botocore.config import Config
 
-ENDPOINT, DATA = sys.argv[1], pathlib.Path(sys.argv[2])
+ENDPOINT, DATA, CATALOG = sys.argv[1], pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3])
 ACCOUNT = "123456789012"
 BUCKET = "lake-gtm"
 
@@ -86,7 +91,13 @@ iam.put_user_policy(
             "Effect": "Allow",
             "Action": ["sts:AssumeRole", "sts:SetSourceIdentity", "sts:TagSession"],
             "Resource": assumable,
-        }
+        },
+        # The catalog's metadata (never data) is read with the gateway's own credentials.
+        {
+            "Effect": "Allow",
+            "Action": ["glue:GetDatabase", "glue:GetDatabases", "glue:GetTable", "glue:GetTables", "glue:GetPartitions"],
+            "Resource": "*",
+        },
     ),
 )
 gateway = iam.create_access_key(UserName="gateway")["AccessKey"]
@@ -101,4 +112,121 @@ for path in sorted((DATA / "gtm").rglob("*.parquet")):
 if files == 0:
     sys.exit(f"no Parquet files under {DATA / 'gtm'}")
 
-print(json.dumps({"key": gateway["AccessKeyId"], "secret": gateway["SecretAccessKey"], "files": files}))
+s3.put_object(
+    Bucket=BUCKET,
+    Key="gtm/regions/regions.csv",
+    Body=b"country,region\nDE,EMEA\nFR,EMEA\nDK,EMEA\nCH,EMEA\nUS,Americas\n",
+)
+
+PARQUET = {
+    "InputFormat": "org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat",
+    "OutputFormat": "org.apache.hadoop.hive.ql.io.parquet.MapredParquetOutputFormat",
+    "SerdeInfo": {"SerializationLibrary": "org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe"},
+}
+CSV = {
+    "InputFormat": "org.apache.hadoop.mapred.TextInputFormat",
+    "OutputFormat": "org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat",
+    "SerdeInfo": {
+        "SerializationLibrary": "org.apache.hadoop.hive.serde2.lazy.LazySimpleSerDe",
+        "Parameters": {"field.delim": ","},
+    },
+}
+
+
+def glue_column(column):
+    out = {"Name": column["name"], "Type": column["type"]}
+    if column.get("comment"):
+        out["Comment"] = column["comment"]
+    if column.get("parameters"):
+        out["Parameters"] = column["parameters"]
+    return out
+
+
+glue = client("glue", *admin)
+catalog = yaml.safe_load(CATALOG.read_text())
+for database in catalog["databases"]:
+    glue.create_database(
+        DatabaseInput={
+            "Name": database["name"],
+            "Description": database.get("description", ""),
+            "Parameters": database.get("parameters", {}),
+        }
+    )
+    for table in database["tables"]:
+        if "view_sql" in table:
+            continue  # Glue keeps views in Presto's encoding; not registered here
+        location = f"s3://{BUCKET}/{table['location'].removeprefix('data/')}/"
+        table_input = {
+            "Name": table["name"],
+            "Description": table.get("description", ""),
+            "TableType": "EXTERNAL_TABLE",
+            "Parameters": table.get("parameters", {}),
+            "PartitionKeys": [glue_column(c) for c in table.get("partition_keys", [])],
+            "StorageDescriptor": {
+                "Columns": [glue_column(c) for c in table["columns"]],
+                "Location": location,
+                **PARQUET,
+            },
+        }
+        glue.create_table(DatabaseName=database["name"], TableInput=table_input)
+        keys = table.get("partition_keys", [])
+        if keys:
+            folders = sorted({p.parent for p in (DATA / table["location"].removeprefix("data/")).rglob("*.parquet")})
+            partitions = []
+            for folder in folders:
+                values = [part.split("=", 1)[1] for part in folder.relative_to(DATA / table["location"].removeprefix("data/")).parts]
+                partitions.append(
+                    {
+                        "Values": values,
+                        "StorageDescriptor": {
+                            "Columns": [glue_column(c) for c in table["columns"]],
+                            "Location": f"{location}{folder.relative_to(DATA / table['location'].removeprefix('data/')).as_posix()}/",
+                            **PARQUET,
+                        },
+                    }
+                )
+            glue.batch_create_partition(
+                DatabaseName=database["name"], TableName=table["name"], PartitionInputList=partitions
+            )
+
+glue.create_table(
+    DatabaseName="gtm",
+    TableInput={
+        "Name": "regions",
+        "Description": "Sales region of each country",
+        "TableType": "EXTERNAL_TABLE",
+        "Parameters": {"skip.header.line.count": "1", "owner": "commercial-excellence"},
+        "StorageDescriptor": {
+            "Columns": [
+                {"Name": "country", "Type": "string", "Comment": "ISO 3166-1 alpha-2 country code"},
+                {"Name": "region", "Type": "string"},
+            ],
+            "Location": f"s3://{BUCKET}/gtm/regions/",
+            **CSV,
+        },
+    },
+)
+glue.create_table(
+    DatabaseName="gtm",
+    TableInput={
+        "Name": "events",
+        "TableType": "EXTERNAL_TABLE",
+        "StorageDescriptor": {
+            "Columns": [{"Name": "attributes", "Type": "map<string,string>"}],
+            "Location": f"s3://{BUCKET}/gtm/events/",
+            **PARQUET,
+        },
+    },
+)
+
+print(
+    json.dumps(
+        {
+            "key": gateway["AccessKeyId"],
+            "secret": gateway["SecretAccessKey"],
+            "admin_key": admin[0],
+            "admin_secret": admin[1],
+            "files": files,
+        }
+    )
+)

@@ -1,0 +1,177 @@
+//! Tables from the Glue Data Catalog: moto (IAM enforced) holds the quickstart's catalog as an
+//! ingestion job registers it, with the data in S3. The gateway must serve those tables exactly
+//! as the local quickstart serves the same catalog from files: names, types, comments, policy,
+//! partitions and answers.
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use lakegate_e2e::aws::{Moto, reader_policy, role_arn};
+use lakegate_e2e::{Gateway, Setup, binary, rows, sqlstate};
+
+fn glue_setup(moto: &Moto, refresh_seconds: u64) -> Setup {
+    Setup {
+        policy: Some(reader_policy()),
+        // No local databases: everything comes from Glue.
+        catalog: Some("databases: []\n".into()),
+        extra_config: format!(
+            "glue:\n  databases: [gtm]\n  refresh_seconds: {refresh_seconds}\n\
+             aws:\n  endpoint_url: {}\n  roles:\n\
+             \x20   - {{ persona: steward, role_arn: \"{}\" }}\n\
+             \x20   - {{ persona: eu-reader, role_arn: \"{}\" }}\n",
+            moto.endpoint,
+            role_arn("lakegate-gtm-steward"),
+            role_arn("lakegate-gtm-eu-reader"),
+        ),
+        env: moto.gateway_env(),
+        ..Setup::default()
+    }
+}
+
+const SAME: &[(&str, &str)] = &[
+    (
+        "carol",
+        "SELECT table_name, column_name, data_type, ordinal_position, numeric_precision, numeric_scale \
+         FROM information_schema.columns WHERE table_name IN ('hcp', 'sales', 'patients') \
+         ORDER BY table_name, ordinal_position",
+    ),
+    (
+        "carol",
+        "SELECT c.relname, a.attname, col_description(a.attrelid, a.attnum) \
+         FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON a.attrelid = c.oid \
+         WHERE c.relname IN ('hcp', 'sales', 'patients') AND a.attnum > 0 ORDER BY 1, a.attnum",
+    ),
+    (
+        "carol",
+        "SELECT c.relname, obj_description(c.oid, 'pg_class') FROM pg_catalog.pg_class c \
+         WHERE c.relname IN ('hcp', 'sales', 'patients') ORDER BY 1",
+    ),
+    (
+        "alice",
+        "SELECT country, count(*), sum(amount) FROM gtm.sales GROUP BY country ORDER BY 1",
+    ),
+    (
+        "alice",
+        "SELECT hcp_id, email, country FROM gtm.hcp ORDER BY hcp_id LIMIT 5",
+    ),
+    (
+        "alice",
+        "SELECT count(*), sum(units) FROM gtm.sales WHERE sale_date = DATE '2026-01-02'",
+    ),
+    (
+        "carol",
+        "SELECT count(*), min(birth_date) FROM gtm.patients",
+    ),
+];
+
+#[tokio::test]
+async fn glue_tables_are_served_like_local_ones() {
+    let moto = Moto::start();
+    let gateway = Gateway::start_setup(glue_setup(&moto, 0));
+    let local = Gateway::start_with_policy(&reader_policy());
+
+    for (user, sql) in SAME {
+        let from_glue = rows(&gateway.connect(user).await, sql)
+            .await
+            .unwrap_or_else(|e| panic!("{user}: {sql}: {e:?}"));
+        let from_files = rows(&local.connect(user).await, sql).await.expect("local");
+        assert!(!from_glue.is_empty(), "{sql}");
+        assert_eq!(from_glue, from_files, "{user}: {sql}");
+    }
+
+    // Policy sees Glue's parameters as tags: patients (classification pii) stays hidden from
+    // alice, and hcp.npi (restricted) is not a column for her.
+    let alice = gateway.connect("alice").await;
+    assert_eq!(
+        sqlstate(rows(&alice, "SELECT count(*) FROM gtm.patients").await),
+        "42P01"
+    );
+    assert_eq!(
+        sqlstate(rows(&alice, "SELECT npi FROM gtm.hcp").await),
+        "42703"
+    );
+
+    // A CSV table with a header line, and a table with a map column that is left out.
+    let carol = gateway.connect("carol").await;
+    assert_eq!(
+        rows(
+            &carol,
+            "SELECT country, region FROM gtm.regions ORDER BY country"
+        )
+        .await
+        .expect("regions"),
+        ["CH|EMEA", "DE|EMEA", "DK|EMEA", "FR|EMEA", "US|Americas"]
+    );
+    assert_eq!(
+        sqlstate(rows(&carol, "SELECT * FROM gtm.events").await),
+        "42P01"
+    );
+
+    // Metadata was read with the gateway's own key; data never was.
+    let requests = moto.requests();
+    let glue: Vec<_> = requests.iter().filter(|r| r["service"] == "glue").collect();
+    assert!(!glue.is_empty());
+    assert!(
+        glue.iter()
+            .all(|r| r["access_key"] == moto.gateway_key.as_str() && r["status"] == 200)
+    );
+    assert!(
+        requests
+            .iter()
+            .filter(|r| r["service"] == "s3")
+            .all(|r| r["access_key"] != moto.gateway_key.as_str())
+    );
+
+    // `lakegate check` says which Glue tables are not served and why.
+    let out = Command::new(binary())
+        .args(["check", "--config"])
+        .arg(gateway.dir.join("lakegate.yaml"))
+        .envs(moto.gateway_env())
+        .output()
+        .expect("lakegate check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("gtm.events") && text.contains("map<string,string>"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn new_glue_tables_appear_after_a_refresh() {
+    let moto = Moto::start();
+    let gateway = Gateway::start_setup(glue_setup(&moto, 1));
+    let carol = gateway.connect("carol").await;
+    assert_eq!(
+        sqlstate(rows(&carol, "SELECT count(*) FROM gtm.hcp_copy").await),
+        "42P01"
+    );
+    moto.boto3(
+        "glue = client('glue')\n\
+         t = glue.get_table(DatabaseName='gtm', Name='hcp')['Table']\n\
+         glue.create_table(DatabaseName='gtm', TableInput={'Name': 'hcp_copy', \
+         'TableType': 'EXTERNAL_TABLE', 'Parameters': t.get('Parameters', {}), \
+         'StorageDescriptor': t['StorageDescriptor']})\n",
+    );
+    // Sessions started after the refresh see the table; poll with new connections.
+    let expected = rows(&carol, "SELECT count(*) FROM gtm.hcp")
+        .await
+        .expect("hcp");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let session = gateway.connect("carol").await;
+        if let Ok(copy) = rows(&session, "SELECT count(*) FROM gtm.hcp_copy").await {
+            assert_eq!(copy, expected);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new Glue table did not appear within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The session that started before the refresh keeps its tables.
+    assert_eq!(
+        sqlstate(rows(&carol, "SELECT count(*) FROM gtm.hcp_copy").await),
+        "42P01"
+    );
+}
