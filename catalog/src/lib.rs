@@ -14,4 +14,4 @@ pub use error::CatalogError;
 pub use glue::{GlueLoad, load_glue};
 pub use local::LocalCatalog;
 pub use model::{Catalog, Column, CsvLayout, Database, Table, TableFormat};
-pub use types::glue_type_to_arrow;
+pub use types::{arrow_to_glue_type, glue_type_to_arrow};

@@ -40,9 +40,46 @@ pub fn glue_type_to_arrow(glue_type: &str) -> Option<DataType> {
     None
 }
 
+/// The Glue/Hive type name of an Arrow type read from data files (the inverse of
+/// `glue_type_to_arrow`), or `None` for a type Lakegate does not serve.
+pub fn arrow_to_glue_type(data_type: &DataType) -> Option<String> {
+    let name = match data_type {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "string".to_string(),
+        DataType::Boolean => "boolean".to_string(),
+        DataType::Int8 => "tinyint".to_string(),
+        DataType::Int16 => "smallint".to_string(),
+        DataType::Int32 => "int".to_string(),
+        DataType::Int64 => "bigint".to_string(),
+        DataType::Float32 => "float".to_string(),
+        DataType::Float64 => "double".to_string(),
+        DataType::Date32 => "date".to_string(),
+        DataType::Timestamp(_, _) => "timestamp".to_string(),
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView => "binary".to_string(),
+        DataType::Decimal128(p, s) if *s >= 0 => format!("decimal({p},{s})"),
+        _ => return None,
+    };
+    Some(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn arrow_types_round_trip_through_glue_names() {
+        for t in [
+            DataType::Utf8,
+            DataType::Int32,
+            DataType::Int64,
+            DataType::Date32,
+            DataType::Decimal128(12, 2),
+            DataType::Float64,
+        ] {
+            let glue = arrow_to_glue_type(&t).expect("served type");
+            assert_eq!(glue_type_to_arrow(&glue), Some(t));
+        }
+        assert_eq!(arrow_to_glue_type(&DataType::UInt64), None);
+    }
 
     #[test]
     fn maps_glue_types() {

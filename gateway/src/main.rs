@@ -17,6 +17,7 @@ mod like_escape;
 mod oidc;
 mod peer;
 mod pg_compat;
+mod register;
 mod regproc;
 mod scalar_subquery;
 mod server;
@@ -78,6 +79,38 @@ enum Command {
     },
     /// Read a password on standard input and print its SCRAM-SHA-256 verifier (PostgreSQL's format).
     Passwd,
+    /// Manage the Glue Data Catalog.
+    Catalog {
+        #[command(subcommand)]
+        command: CatalogCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CatalogCommand {
+    /// Register a Parquet prefix in S3 as a Glue table (schema read from the files) and add a
+    /// partition for each KEY=value folder Glue does not have yet. Safe to run after every load.
+    /// Uses the configuration's aws section and the caller's own AWS credentials.
+    Register {
+        #[arg(long, short, env = "LAKEGATE_CONFIG")]
+        config: PathBuf,
+        /// Glue database (must exist).
+        #[arg(long)]
+        database: String,
+        #[arg(long)]
+        table: String,
+        /// s3://bucket/prefix/ holding the Parquet files (or KEY=value folders of them).
+        #[arg(long)]
+        location: String,
+        /// The partition key of the KEY=value folders, e.g. sale_date (daily dates become `date`).
+        #[arg(long)]
+        partition_key: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        /// A table parameter (business metadata), KEY=VALUE; repeatable.
+        #[arg(long = "parameter", value_name = "KEY=VALUE")]
+        parameters: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -123,6 +156,60 @@ async fn run(command: Command) -> Result<(), StartupError> {
         }
         Command::GenerateDemo { dir } => generate_demo(&dir),
         Command::Check { config } => check(&config).await,
+        Command::Catalog {
+            command:
+                CatalogCommand::Register {
+                    config,
+                    database,
+                    table,
+                    location,
+                    partition_key,
+                    description,
+                    parameters,
+                },
+        } => {
+            let loaded = Config::load(&config)?;
+            let Some(aws_config) = &loaded.aws else {
+                return Err(StartupError::Config {
+                    path: config,
+                    message: "catalog register needs an aws section".into(),
+                });
+            };
+            let aws = aws::Aws::new(aws_config)
+                .await
+                .map_err(|message| StartupError::Config {
+                    path: config.clone(),
+                    message,
+                })?;
+            let mut params = std::collections::BTreeMap::new();
+            for p in parameters {
+                let (k, v) = p.split_once('=').ok_or_else(|| {
+                    StartupError::Other(format!("--parameter {p}: expected KEY=VALUE"))
+                })?;
+                params.insert(k.to_string(), v.to_string());
+            }
+            let what = register::Registration {
+                database,
+                table,
+                location,
+                partition_key,
+                description,
+                parameters: params,
+            };
+            let done = register::register(&aws, &what)
+                .await
+                .map_err(StartupError::Other)?;
+            println!(
+                "{} {}.{}: {} column(s); {} partition(s) added, {} already registered",
+                if done.created { "created" } else { "kept" },
+                what.database,
+                what.table,
+                done.columns,
+                done.partitions_added,
+                done.partitions_present
+            );
+            Ok(())
+        }
         Command::Passwd => {
             let mut line = String::new();
             std::io::stdin()

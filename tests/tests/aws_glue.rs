@@ -175,3 +175,130 @@ async fn new_glue_tables_appear_after_a_refresh() {
         "42P01"
     );
 }
+
+fn register(gateway: &Gateway, moto: &Moto, args: &[&str]) -> (bool, String) {
+    // The ingestion job's own credentials: here the account's admin user.
+    let out = Command::new(binary())
+        .args(["catalog", "register", "--config"])
+        .arg(gateway.dir.join("lakegate.yaml"))
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", &moto.admin_key)
+        .env("AWS_SECRET_ACCESS_KEY", &moto.admin_secret)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .expect("lakegate catalog register");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[tokio::test]
+async fn registration_creates_the_table_and_adds_only_new_partitions() {
+    let moto = Moto::start();
+    let gateway = Gateway::start_setup(glue_setup(&moto, 1));
+    let days = std::fs::read_dir(lakegate_e2e::quickstart().join("data/gtm/sales"))
+        .expect("sales folder")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("sale_date="))
+        .count();
+    assert!(days > 0);
+    let args = [
+        "--database",
+        "gtm",
+        "--table",
+        "sales_copy",
+        "--location",
+        "s3://lake-gtm/gtm/sales/",
+        "--partition-key",
+        "sale_date",
+        "--parameter",
+        "owner=commercial-excellence",
+    ];
+    let (ok, text) = register(&gateway, &moto, &args);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains(&format!(
+            "created gtm.sales_copy: 5 column(s); {days} partition(s) added, 0 already registered"
+        )),
+        "{text}"
+    );
+    // Again: nothing new.
+    let (ok, text) = register(&gateway, &moto, &args);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains(&format!(
+            "kept gtm.sales_copy: 5 column(s); 0 partition(s) added, {days} already registered"
+        )),
+        "{text}"
+    );
+    // A new day's files: one partition added.
+    moto.boto3(
+        "s3 = client('s3')\n\
+         key = next(o['Key'] for o in s3.list_objects_v2(Bucket='lake-gtm', Prefix='gtm/sales/')['Contents'])\n\
+         s3.copy_object(Bucket='lake-gtm', Key='gtm/sales/sale_date=2099-01-01/part-0.parquet', \
+         CopySource={'Bucket': 'lake-gtm', 'Key': key})\n",
+    );
+    let (ok, text) = register(&gateway, &moto, &args);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains(&format!("1 partition(s) added, {days} already registered")),
+        "{text}"
+    );
+
+    // The registered table, read through the gateway after its refresh, has the columns the
+    // catalog declares for sales (types inferred from the files) and the same rows.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let carol = loop {
+        let carol = gateway.connect("carol").await;
+        if rows(&carol, "SELECT 1 FROM gtm.sales_copy LIMIT 1")
+            .await
+            .is_ok()
+        {
+            break carol;
+        }
+        assert!(Instant::now() < deadline, "sales_copy did not appear");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let columns = |table: &str| {
+        format!(
+            "SELECT column_name, data_type, numeric_precision, numeric_scale \
+             FROM information_schema.columns WHERE table_name = '{table}' ORDER BY ordinal_position"
+        )
+    };
+    assert_eq!(
+        rows(&carol, &columns("sales_copy"))
+            .await
+            .expect("copy columns"),
+        rows(&carol, &columns("sales"))
+            .await
+            .expect("sales columns")
+    );
+    let summary = "SELECT count(*), count(DISTINCT sale_date), sum(amount) FROM gtm.";
+    assert_eq!(
+        rows(&carol, &format!("{summary}sales_copy"))
+            .await
+            .expect("copy"),
+        rows(&carol, &format!("{summary}sales"))
+            .await
+            .expect("sales")
+    );
+
+    // A prefix without Parquet files is refused, and nothing is created.
+    let (ok, text) = register(
+        &gateway,
+        &moto,
+        &[
+            "--database",
+            "gtm",
+            "--table",
+            "nothing",
+            "--location",
+            "s3://lake-gtm/nowhere/",
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        text.contains("no .parquet files under s3://lake-gtm/nowhere/"),
+        "{text}"
+    );
+}

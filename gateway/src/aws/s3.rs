@@ -96,6 +96,53 @@ pub fn register_user_stores(
     Ok(())
 }
 
+/// A store of `bucket` with the gateway's own credentials (the standard AWS chain). Only for
+/// operator commands such as `lakegate catalog register`, never for a user's query.
+pub fn own_store(aws: &Aws, bucket: &str) -> Result<object_store::aws::AmazonS3, String> {
+    let credentials = aws
+        .sdk
+        .credentials_provider()
+        .ok_or("no AWS credentials: set them in the environment (AWS_ACCESS_KEY_ID, ...) or run with a role")?;
+    let mut builder = AmazonS3Builder::new()
+        .with_bucket_name(bucket)
+        .with_region(&aws.region)
+        .with_credentials(Arc::new(OwnCredentials(credentials)));
+    if let Some(endpoint) = &aws.endpoint_url {
+        builder = builder
+            .with_endpoint(endpoint)
+            .with_allow_http(endpoint.starts_with("http://"))
+            .with_virtual_hosted_style_request(false);
+    }
+    builder
+        .build()
+        .map_err(|e| format!("S3 store for bucket {bucket}: {e}"))
+}
+
+#[derive(Debug)]
+struct OwnCredentials(aws_credential_types::provider::SharedCredentialsProvider);
+
+#[async_trait]
+impl CredentialProvider for OwnCredentials {
+    type Credential = AwsCredential;
+
+    async fn get_credential(&self) -> object_store::Result<Arc<AwsCredential>> {
+        use aws_credential_types::provider::ProvideCredentials;
+        let credentials =
+            self.0
+                .provide_credentials()
+                .await
+                .map_err(|e| object_store::Error::Generic {
+                    store: "S3",
+                    source: Box::new(e),
+                })?;
+        Ok(Arc::new(AwsCredential {
+            key_id: credentials.access_key_id().to_string(),
+            secret_key: credentials.secret_access_key().to_string(),
+            token: credentials.session_token().map(str::to_string),
+        }))
+    }
+}
+
 /// The credentials of one user's role, asked of the shared cache on every S3 request.
 struct UserCredentials {
     sessions: Arc<RoleSessions>,
