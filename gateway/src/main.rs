@@ -16,6 +16,7 @@ mod lake;
 mod like_escape;
 mod oidc;
 mod peer;
+mod pg_catalog_setup;
 mod pg_compat;
 mod register;
 mod regproc;

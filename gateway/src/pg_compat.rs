@@ -22,7 +22,6 @@ use datafusion::sql::sqlparser::ast::{
 };
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
-use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use lakegate_catalog::Table;
 
 use crate::lake::Visible;
@@ -84,8 +83,7 @@ pub async fn install(
     settings: crate::settings::Settings,
     user: &str,
 ) -> DfResult<()> {
-    datafusion_pg_catalog::setup_pg_catalog(ctx, &visible.database, EmptyContextProvider)
-        .map_err(|e| *e)?;
+    crate::pg_catalog_setup::setup(ctx, &visible.database)?;
     let version = format!(
         "PostgreSQL {PG_VERSION} (Lakegate {}) on x86_64-pc-linux-gnu, compiled by rustc, 64-bit",
         env!("CARGO_PKG_VERSION")
