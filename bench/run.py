@@ -1,0 +1,388 @@
+"""Lakegate against its peers, on one machine, in one run (issue 6; see BENCHMARKS.md).
+
+Starts, on 127.0.0.1 and the same data (the quickstart's), a throwaway PostgreSQL cluster,
+PgBouncer in front of it, and the gateway; drives each with the same pgbench scripts and psql,
+and prints medians and ratios (gateway / peer) as a Markdown report with the machine it ran on.
+
+usage: python3 bench/run.py [--smoke] [--gateway PATH] [--out FILE]
+  --smoke    tiny durations and connection counts: checks the harness works (CI)
+  --gateway  the lakegate binary (default: $CARGO_TARGET_DIR/release/lakegate)
+"""
+import argparse
+import asyncio
+import os
+import platform
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+QUICKSTART = ROOT / "examples" / "quickstart"
+PASSWORD = "bench-secret"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port, proc=None, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"process on port {port} exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on {port} after {timeout} s")
+
+
+def as_service_user(cmd):
+    """PostgreSQL and PgBouncer refuse to run as root."""
+    if os.geteuid() == 0:
+        return ["runuser", "-u", "postgres", "--"] + cmd
+    return cmd
+
+
+def pg_bin(name):
+    found = shutil.which(name)
+    if found:
+        return found
+    for version in ("17", "16", "15"):
+        path = Path(f"/usr/lib/postgresql/{version}/bin/{name}")
+        if path.exists():
+            return str(path)
+    raise SystemExit(f"{name} not found: apt-get install postgresql pgbouncer")
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.smoke = args.smoke
+        self.tmp = Path(tempfile.mkdtemp(prefix="lakegate-bench-"))
+        os.chmod(self.tmp, 0o777)
+        self.procs = []
+        self.results = []
+
+    # ---------- peers ----------
+    def start_postgres(self):
+        data = self.tmp / "pg"
+        data.mkdir()
+        if os.geteuid() == 0:
+            shutil.chown(data, "postgres", "postgres")
+        pwfile = self.tmp / "pw"
+        pwfile.write_text(PASSWORD + "\n")
+        os.chmod(pwfile, 0o644)
+        subprocess.run(
+            as_service_user([pg_bin("initdb"), "-D", str(data), "-U", "bench", "--pwfile", str(pwfile),
+                             "--auth-host=scram-sha-256", "--auth-local=trust", "-N"]),
+            check=True, stdout=subprocess.DEVNULL)
+        # Same TLS certificate as the gateway: both peers pay for TLS.
+        cert, key = data / "server.crt", data / "server.key"
+        shutil.copy(self.cert, cert)
+        shutil.copy(self.key, key)
+        os.chmod(key, 0o600)
+        if os.geteuid() == 0:
+            for f in (cert, key):
+                shutil.chown(f, "postgres", "postgres")
+        self.pg_port = free_port()
+        proc = subprocess.Popen(
+            as_service_user([pg_bin("postgres"), "-D", str(data), "-p", str(self.pg_port), "-k", str(self.tmp),
+                             "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "ssl=on",
+                             "-c", "max_connections=300", "-c", "shared_buffers=256MB"]),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.procs.append(proc)
+        self.pg_pid = proc.pid
+        wait_for_port(self.pg_port, proc)
+        self.load_postgres()
+
+    def load_postgres(self):
+        import pyarrow.csv as pacsv
+        import pyarrow.parquet as pq
+
+        hcp = pq.read_table(QUICKSTART / "data/gtm/hcp/part-0.parquet")
+        csv = self.tmp / "hcp.csv"
+        pacsv.write_csv(hcp, csv)
+        os.chmod(csv, 0o644)
+        self.hcp_ids = (min(hcp.column("hcp_id").to_pylist()), max(hcp.column("hcp_id").to_pylist()))
+        self.psql_pg(
+            "CREATE SCHEMA gtm; CREATE TABLE gtm.hcp (hcp_id bigint PRIMARY KEY, full_name text, "
+            "email text, country text, specialty text, npi text);\n"
+            f"\\copy gtm.hcp FROM '{csv}' WITH (FORMAT csv, HEADER true)\n"
+            "ALTER ROLE bench SET search_path = gtm; ANALYZE;")
+
+    def psql_pg(self, sql):
+        subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", self.pg_url()], input=sql,
+                       text=True, check=True, stdout=subprocess.DEVNULL)
+
+    def start_pgbouncer(self):
+        self.bouncer_port = free_port()
+        ini = self.tmp / "pgbouncer.ini"
+        users = self.tmp / "userlist.txt"
+        users.write_text(f'"bench" "{PASSWORD}"\n')
+        ini.write_text(
+            "[databases]\n"
+            f"gtm = host=127.0.0.1 port={self.pg_port} dbname=postgres user=bench password={PASSWORD}\n"
+            "[pgbouncer]\n"
+            f"listen_addr = 127.0.0.1\nlisten_port = {self.bouncer_port}\nunix_socket_dir =\n"
+            f"auth_type = scram-sha-256\nauth_file = {users}\npool_mode = transaction\n"
+            "max_client_conn = 2000\ndefault_pool_size = 32\n"
+            f"client_tls_sslmode = require\nclient_tls_cert_file = {self.tmp / 'pg' / 'server.crt'}\n"
+            f"client_tls_key_file = {self.tmp / 'pg' / 'server.key'}\nserver_tls_sslmode = disable\n"
+            f"logfile = {self.tmp / 'pgbouncer.log'}\n")
+        for f in (ini, users):
+            os.chmod(f, 0o644)
+        proc = subprocess.Popen(as_service_user([shutil.which("pgbouncer") or "/usr/sbin/pgbouncer", str(ini)]),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.procs.append(proc)
+        wait_for_port(self.bouncer_port, proc)
+
+    def start_gateway(self):
+        gw = self.tmp / "gw"
+        gw.mkdir()
+        config = (QUICKSTART / "lakegate.yaml").read_text()
+        config = (config.replace("catalog: catalog.yaml", f"catalog: {QUICKSTART / 'catalog.yaml'}")
+                  .replace("policy: policy", f"policy: {QUICKSTART / 'policy'}")
+                  .replace("cert: certs/server.crt", f"cert: {gw / 'server.crt'}")
+                  .replace("key: certs/server.key", f"key: {gw / 'server.key'}"))
+        (gw / "lakegate.yaml").write_text(config)
+        subprocess.run([self.args.gateway, "generate-demo", "--dir", str(QUICKSTART)], check=True)
+        proc = subprocess.Popen([self.args.gateway, "serve", "--listen", "127.0.0.1:0", "--config",
+                                 str(gw / "lakegate.yaml")],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                env={**os.environ, "LAKEGATE_LOG": "error"})
+        self.procs.append(proc)
+        line = proc.stdout.readline()
+        match = re.match(r"lakegate listening on 127\.0\.0\.1:(\d+)", line)
+        if not match:
+            raise SystemExit(f"gateway did not start: {line!r}")
+        self.gw_port = int(match.group(1))
+        self.gw_pid = proc.pid
+        self.cert, self.key = gw / "server.crt", gw / "server.key"
+        os.chmod(self.cert, 0o644)
+        os.chmod(self.key, 0o644)
+
+    # ---------- connection strings ----------
+    def pg_url(self):
+        return f"host=127.0.0.1 port={self.pg_port} dbname=postgres user=bench password={PASSWORD} sslmode=require"
+
+    def bouncer_url(self):
+        return f"host=127.0.0.1 port={self.bouncer_port} dbname=gtm user=bench password={PASSWORD} sslmode=require"
+
+    def gw_url(self):
+        # carol: a steward, unmasked and unfiltered, so every system does the same work
+        return f"host=127.0.0.1 port={self.gw_port} dbname=gtm user=carol password=carol sslmode=require"
+
+    def systems(self):
+        return [("lakegate", self.gw_url()), ("postgresql", self.pg_url()), ("pgbouncer", self.bouncer_url())]
+
+    # ---------- measurements ----------
+    def pgbench(self, url, script, clients, seconds, connect_each=False):
+        path = self.tmp / f"script-{abs(hash(script))}.sql"
+        path.write_text(script)
+        logdir = Path(tempfile.mkdtemp(dir=self.tmp))
+        cmd = ["pgbench", "-n", "-f", str(path), "-c", str(clients), "-j", str(min(clients, 2)),
+               "-T", str(seconds), "-l", "--log-prefix", str(logdir / "tx")]
+        if connect_each:
+            cmd.append("-C")
+        out = subprocess.run(cmd + [url], capture_output=True, text=True)
+        if out.returncode != 0:
+            raise SystemExit(f"pgbench failed: {out.stderr}")
+        tps = float(re.search(r"tps = ([\d.]+)", out.stdout).group(1))
+        latencies = []
+        for log in logdir.iterdir():
+            for line in log.read_text().splitlines():
+                fields = line.split()
+                if len(fields) >= 3:
+                    latencies.append(int(fields[2]) / 1000.0)
+        latencies.sort()
+        pct = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else float("nan")
+        return {"tps": tps, "p50_ms": pct(0.50), "p99_ms": pct(0.99)}
+
+    def repeat(self, f, runs):
+        samples = [f() for _ in range(runs)]
+        return {k: statistics.median(s[k] for s in samples) for k in samples[0]}
+
+    def bench_queries(self):
+        seconds, runs = (1, 1) if self.smoke else (10, 3)
+        lo, hi = self.hcp_ids
+        scripts = {
+            "SELECT 1": "SELECT 1;\n",
+            "point lookup": f"\\set id random({lo}, {hi})\nSELECT * FROM gtm.hcp WHERE hcp_id = :id;\n",
+        }
+        for name, script in scripts.items():
+            for clients in (1, 32):
+                row = {}
+                for system, url in self.systems():
+                    row[system] = self.repeat(lambda: self.pgbench(url, script, clients, seconds), runs)
+                self.results.append(("queries", f"{name}, {clients} client(s)", row))
+
+    def bench_connections(self):
+        seconds, runs = (1, 1) if self.smoke else (10, 3)
+        row = {}
+        for system, url in self.systems()[:2]:
+            row[system] = self.repeat(lambda: self.pgbench(url, "SELECT 1;\n", 4, seconds, connect_each=True), runs)
+        self.results.append(("connections", "new connection + SCRAM + TLS + SELECT 1, 4 clients", row))
+
+    def bench_stream(self):
+        rows = 100_000 if self.smoke else 10_000_000
+        runs = 1 if self.smoke else 3
+        row = {}
+        for system, url in self.systems()[:2]:
+            def once():
+                start = time.perf_counter()
+                subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", url, "-c",
+                                f"\\copy (SELECT * FROM generate_series(1, {rows})) TO '/dev/null'"],
+                               check=True, capture_output=True)
+                elapsed = time.perf_counter() - start
+                return {"rows_per_s": rows / elapsed, "seconds": elapsed}
+            row[system] = self.repeat(once, runs)
+        row["lakegate"]["peak_rss_mb"] = self.peak_rss_mb(self.gw_pid)
+        self.results.append(("stream", f"COPY (SELECT * FROM generate_series(1, {rows:,})) TO STDOUT via psql", row))
+
+    def bench_idle(self):
+        counts = [50] if self.smoke else [1000, 10000]
+        # Stop before the machine runs out: the report says where it stopped.
+        limit_mb = 6 * 1024
+        row = {}
+        for count in counts:
+            before = self.rss_mb(self.gw_pid)
+            opened, rss = asyncio.run(self.open_idle(count, limit_mb))
+            row[f"{count} idle"] = {"opened": opened, "rss_mb": rss, "before_mb": before,
+                                    "mb_per_connection": (rss - before) / max(opened, 1)}
+        self.results.append(("memory", "gateway RSS with idle TLS connections (logged in, one query each)", row))
+
+    async def open_idle(self, count, limit_mb):
+        """Opens up to `count` connections in batches; stops when the gateway's RSS passes
+        `limit_mb`. Returns how many were open and the RSS with all of them open."""
+        import asyncpg
+        import ssl
+
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        connections = []
+
+        async def one():
+            c = await asyncpg.connect(host="127.0.0.1", port=self.gw_port, user="carol", password="carol",
+                                      database="gtm", ssl=context, statement_cache_size=0, timeout=120)
+            await c.fetchval("SELECT 1")
+            connections.append(c)
+
+        failures = []
+        while len(connections) < count and self.rss_mb(self.gw_pid) < limit_mb:
+            batch = min(250, count - len(connections))
+            results = await asyncio.gather(*(one() for _ in range(batch)), return_exceptions=True)
+            failures += [r for r in results if isinstance(r, Exception)]
+            if len(failures) > 10:
+                break
+        if failures:
+            print(f"  {len(failures)} connection(s) failed, e.g. {failures[0]!r}", file=sys.stderr)
+        opened, rss = len(connections), self.rss_mb(self.gw_pid)
+        await asyncio.gather(*(c.close() for c in connections), return_exceptions=True)
+        return opened, rss
+
+    @staticmethod
+    def rss_mb(pid):
+        return Bench.status_kb(pid, "VmRSS") / 1024
+
+    @staticmethod
+    def peak_rss_mb(pid):
+        return Bench.status_kb(pid, "VmHWM") / 1024
+
+    @staticmethod
+    def status_kb(pid, field):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+        return 0
+
+    # ---------- report ----------
+    def report(self):
+        lines = ["# Lakegate benchmark run", ""]
+        cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                    if l.startswith("model name")), platform.processor())
+        mem = Bench.meminfo_gb()
+        pg_version = subprocess.run([pg_bin("postgres"), "--version"], capture_output=True, text=True).stdout.strip()
+        bouncer = subprocess.run(["pgbouncer", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+        lines += [f"- machine: {os.cpu_count()} CPUs ({cpu}), {mem:.0f} GiB RAM, {platform.platform()}",
+                  f"- peers: {pg_version}; {bouncer}; gateway binary {self.args.gateway}",
+                  f"- mode: {'smoke (tiny, numbers meaningless)' if self.smoke else 'full'}; medians of repeated runs",
+                  f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", ""]
+        for kind, name, row in self.results:
+            lines.append(f"## {name}")
+            lines.append("")
+            keys = list(next(iter(row.values())).keys())
+            lines.append("| system | " + " | ".join(keys) + " |")
+            lines.append("|---|" + "---|" * len(keys))
+            for system, values in row.items():
+                lines.append(f"| {system} | " + " | ".join(Bench.fmt(values.get(k)) for k in keys) + " |")
+            if kind in ("queries", "connections", "stream") and "lakegate" in row:
+                key = {"queries": "tps", "connections": "tps", "stream": "rows_per_s"}[kind]
+                for peer in row:
+                    if peer != "lakegate" and row[peer].get(key):
+                        lines.append("")
+                        lines.append(f"lakegate / {peer} ({key}): **{row['lakegate'][key] / row[peer][key]:.2f}**")
+            lines.append("")
+        return "\n".join(lines)
+
+    @staticmethod
+    def meminfo_gb():
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) / 1024 / 1024
+        return 0
+
+    @staticmethod
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:,.2f}"
+        return "" if v is None else str(v)
+
+    def close(self):
+        for proc in reversed(self.procs):
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--smoke", action="store_true")
+    target = os.environ.get("CARGO_TARGET_DIR", str(Path.home() / ".cache/lakegate-target"))
+    parser.add_argument("--gateway", default=str(Path(target) / "release" / "lakegate"))
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    if not Path(args.gateway).exists():
+        raise SystemExit(f"{args.gateway} missing: cargo build --release -p lakegate (or pass --gateway)")
+    bench = Bench(args)
+    try:
+        bench.start_gateway()
+        bench.start_postgres()
+        bench.start_pgbouncer()
+        for step in (bench.bench_queries, bench.bench_connections, bench.bench_stream, bench.bench_idle):
+            print(f"running {step.__name__} ...", file=sys.stderr)
+            step()
+        text = bench.report()
+        print(text)
+        if args.out:
+            Path(args.out).write_text(text + "\n")
+    finally:
+        bench.close()
+
+
+if __name__ == "__main__":
+    main()
