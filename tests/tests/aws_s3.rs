@@ -14,6 +14,16 @@ fn s3_catalog() -> String {
     text
 }
 
+/// The server's error for a statement that must fail.
+async fn refused(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    why: &str,
+) -> tokio_postgres::error::DbError {
+    let error = client.simple_query(sql).await.expect_err(why);
+    error.as_db_error().cloned().expect("a server error")
+}
+
 struct Roles<'a> {
     steward: &'a str,
     eu_reader: &'a str,
@@ -134,11 +144,12 @@ async fn a_role_without_s3_access_and_a_role_the_gateway_may_not_assume_are_clea
 
     // bob's role exists and is assumed, but may not read the bucket: 42501, no bucket named.
     let bob = gateway.connect("bob").await;
-    let error = bob
-        .simple_query("SELECT count(*) FROM gtm.sales")
-        .await
-        .expect_err("bob's role cannot read S3");
-    let db = error.as_db_error().expect("db error");
+    let db = refused(
+        &bob,
+        "SELECT count(*) FROM gtm.sales",
+        "bob's role cannot read S3",
+    )
+    .await;
     assert_eq!(db.code().code(), "42501", "{db:?}");
     assert!(db.message().contains("AWS denied"), "{}", db.message());
     assert!(!db.message().contains("lake-gtm"), "{}", db.message());
@@ -162,11 +173,12 @@ async fn a_role_without_s3_access_and_a_role_the_gateway_may_not_assume_are_clea
 
     // carol's persona maps to a role the gateway may not assume: 28000 naming the role.
     let carol = gateway.connect("carol").await;
-    let error = carol
-        .simple_query("SELECT count(*) FROM gtm.patients")
-        .await
-        .expect_err("carol's role cannot be assumed");
-    let db = error.as_db_error().expect("db error");
+    let db = refused(
+        &carol,
+        "SELECT count(*) FROM gtm.patients",
+        "carol's role cannot be assumed",
+    )
+    .await;
     assert_eq!(db.code().code(), "28000", "{db:?}");
     assert_eq!(
         db.message(),
@@ -204,11 +216,7 @@ async fn a_user_without_a_role_reads_nothing_from_aws() {
     );
     // Policy lets bob read US sales, but no persona of his has a role: 42501, no STS call.
     let bob = gateway.connect("bob").await;
-    let error = bob
-        .simple_query("SELECT count(*) FROM gtm.sales")
-        .await
-        .expect_err("no role");
-    let db = error.as_db_error().expect("db error");
+    let db = refused(&bob, "SELECT count(*) FROM gtm.sales", "no role").await;
     assert_eq!(db.code().code(), "42501");
     assert_eq!(
         db.message(),
@@ -285,11 +293,7 @@ async fn sts_down_is_a_clear_error() {
         ..Setup::default()
     });
     let alice = gateway.connect("alice").await;
-    let error = alice
-        .simple_query(EU_SALES)
-        .await
-        .expect_err("STS unreachable");
-    let db = error.as_db_error().expect("db error");
+    let db = refused(&alice, EU_SALES, "STS unreachable").await;
     assert_eq!(db.code().code(), "58000", "{db:?}");
     assert!(
         db.message().contains("STS did not answer"),
@@ -371,8 +375,7 @@ async fn token_users_read_with_their_own_token_where_the_role_says_so() {
 
     // alice is a local (SCRAM) user: she has no token to assume the web-identity role with.
     let alice = gateway.connect("alice").await;
-    let error = alice.simple_query(EU_SALES).await.expect_err("no token");
-    let db = error.as_db_error().expect("db error");
+    let db = refused(&alice, EU_SALES, "no token").await;
     assert_eq!(db.code().code(), "28000");
     assert!(
         db.message().contains("log in with your token"),

@@ -75,18 +75,9 @@ pub fn register_user_stores(
             token: token.clone(),
             role,
         };
-        let mut builder = AmazonS3Builder::new()
-            .with_bucket_name(&bucket.name)
-            .with_region(&aws.region)
+        let store = builder(aws, &bucket.name)
             .with_credentials(Arc::new(credentials))
-            .with_http_connector(RefusalAware);
-        if let Some(endpoint) = &aws.endpoint_url {
-            builder = builder
-                .with_endpoint(endpoint)
-                .with_allow_http(endpoint.starts_with("http://"))
-                .with_virtual_hosted_style_request(false);
-        }
-        let store = builder
+            .with_http_connector(RefusalAware)
             .build()
             .map_err(|e| format!("S3 store for bucket {}: {e}", bucket.name))?;
         let url = ObjectStoreUrl::parse(format!("s3://{}", bucket.name))
@@ -96,6 +87,21 @@ pub fn register_user_stores(
     Ok(())
 }
 
+/// An S3 store builder for `bucket` in the configured region and endpoint (path-style
+/// requests when an endpoint is configured, as VPC endpoints and emulators need).
+fn builder(aws: &Aws, bucket: &str) -> AmazonS3Builder {
+    let builder = AmazonS3Builder::new()
+        .with_bucket_name(bucket)
+        .with_region(&aws.region);
+    match &aws.endpoint_url {
+        Some(endpoint) => builder
+            .with_endpoint(endpoint)
+            .with_allow_http(endpoint.starts_with("http://"))
+            .with_virtual_hosted_style_request(false),
+        None => builder,
+    }
+}
+
 /// A store of `bucket` with the gateway's own credentials (the standard AWS chain). Only for
 /// operator commands such as `lakegate catalog register`, never for a user's query.
 pub fn own_store(aws: &Aws, bucket: &str) -> Result<object_store::aws::AmazonS3, String> {
@@ -103,17 +109,8 @@ pub fn own_store(aws: &Aws, bucket: &str) -> Result<object_store::aws::AmazonS3,
         .sdk
         .credentials_provider()
         .ok_or("no AWS credentials: set them in the environment (AWS_ACCESS_KEY_ID, ...) or run with a role")?;
-    let mut builder = AmazonS3Builder::new()
-        .with_bucket_name(bucket)
-        .with_region(&aws.region)
-        .with_credentials(Arc::new(OwnCredentials(credentials)));
-    if let Some(endpoint) = &aws.endpoint_url {
-        builder = builder
-            .with_endpoint(endpoint)
-            .with_allow_http(endpoint.starts_with("http://"))
-            .with_virtual_hosted_style_request(false);
-    }
-    builder
+    builder(aws, bucket)
+        .with_credentials(Arc::new(OwnCredentials(credentials)))
         .build()
         .map_err(|e| format!("S3 store for bucket {bucket}: {e}"))
 }
