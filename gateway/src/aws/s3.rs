@@ -69,6 +69,13 @@ pub fn register_user_stores(
                     .join(", "),
             }),
         };
+        match &role {
+            Ok(role) => tracing::info!(user = %identity.name, bucket = %bucket.name,
+                role = %role.role_arn, web_identity = role.web_identity, engine = "local",
+                "the user's reads of this bucket run as this role"),
+            Err(why) => tracing::info!(user = %identity.name, bucket = %bucket.name, %why,
+                "the user cannot read this bucket"),
+        }
         let credentials = UserCredentials {
             sessions: aws.sessions.clone(),
             identity: identity.clone(),
