@@ -7,6 +7,7 @@ and prints medians and ratios (gateway / peer) as a Markdown report with the mac
 usage: python3 bench/run.py [--smoke] [--gateway PATH] [--out FILE]
   --smoke    tiny durations and connection counts: checks the harness works (CI)
   --gateway  the lakegate binary (default: $CARGO_TARGET_DIR/release/lakegate)
+  --only     idle | queries | connections | stream (repeatable): run only these
 """
 import argparse
 import asyncio
@@ -365,6 +366,8 @@ def main():
     target = os.environ.get("CARGO_TARGET_DIR", str(Path.home() / ".cache/lakegate-target"))
     parser.add_argument("--gateway", default=str(Path(target) / "release" / "lakegate"))
     parser.add_argument("--out")
+    parser.add_argument("--only", choices=["queries", "connections", "stream", "idle"], action="append",
+                        help="run only these measurements (repeatable)")
     args = parser.parse_args()
     if not Path(args.gateway).exists():
         raise SystemExit(f"{args.gateway} missing: cargo build --release -p lakegate (or pass --gateway)")
@@ -373,7 +376,13 @@ def main():
         bench.start_gateway()
         bench.start_postgres()
         bench.start_pgbouncer()
-        for step in (bench.bench_queries, bench.bench_connections, bench.bench_stream, bench.bench_idle):
+        # Idle memory first: later steps (the 10-million-row stream) leave the allocator's
+        # high-water mark behind, which would be counted against the idle connections.
+        steps = {"idle": bench.bench_idle, "queries": bench.bench_queries,
+                 "connections": bench.bench_connections, "stream": bench.bench_stream}
+        for name, step in steps.items():
+            if args.only and name not in args.only:
+                continue
             print(f"running {step.__name__} ...", file=sys.stderr)
             step()
         text = bench.report()
