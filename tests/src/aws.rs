@@ -83,6 +83,7 @@ impl Moto {
         });
         assert!(ready, "moto did not listen on {moto_endpoint} within 30 s");
 
+        crate::ensure_demo_data();
         let seed = Command::new(venv_bin("python"))
             .arg(workspace().join("tests/peers/aws/seed.py"))
             .arg(&moto_endpoint)

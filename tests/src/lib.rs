@@ -59,6 +59,18 @@ pub fn binary() -> PathBuf {
 static DEMO_DATA: Once = Once::new();
 
 /// A running gateway, stopped when dropped.
+/// The quickstart's demo data set, generated once per test process (a fresh clone has none).
+pub fn ensure_demo_data() {
+    DEMO_DATA.call_once(|| {
+        let status = Command::new(binary())
+            .args(["generate-demo", "--dir"])
+            .arg(quickstart())
+            .status()
+            .expect("run lakegate generate-demo");
+        assert!(status.success(), "lakegate generate-demo failed");
+    });
+}
+
 /// How a test's gateway differs from the quickstart.
 #[derive(Debug, Clone, Default)]
 pub struct Setup {
@@ -109,14 +121,7 @@ impl Gateway {
     pub fn start_setup(setup: Setup) -> Gateway {
         let policy = setup.policy.as_deref();
         let extra_config = setup.extra_config.as_str();
-        DEMO_DATA.call_once(|| {
-            let status = Command::new(binary())
-                .args(["generate-demo", "--dir"])
-                .arg(quickstart())
-                .status()
-                .expect("run lakegate generate-demo");
-            assert!(status.success(), "lakegate generate-demo failed");
-        });
+        ensure_demo_data();
         let dir = std::env::temp_dir().join(format!(
             "lakegate-test-{}-{}",
             std::process::id(),
