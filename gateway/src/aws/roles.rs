@@ -1,3 +1,6 @@
+use std::collections::BTreeMap;
+
+use super::AwsError;
 use crate::config::RoleConfig;
 
 /// Personas → IAM roles per database (data domain), in configuration order.
@@ -18,6 +21,36 @@ impl RoleMap {
         self.entries.iter().find(|e| {
             (e.database == "*" || e.database == database) && personas.contains(&e.persona)
         })
+    }
+
+    /// The one role a read across `databases` runs as. A database without a role for these
+    /// personas, or databases whose roles differ, fail closed: one AWS request has one identity.
+    pub fn single_role<'a>(
+        &self,
+        personas: &[String],
+        databases: impl IntoIterator<Item = &'a String>,
+    ) -> Result<RoleConfig, AwsError> {
+        let mut roles = BTreeMap::new();
+        let mut seen = Vec::new();
+        for database in databases {
+            let Some(role) = self.role_for(personas, database) else {
+                return Err(AwsError::NoRole {
+                    database: database.clone(),
+                });
+            };
+            roles.insert((role.role_arn.clone(), role.web_identity), role.clone());
+            seen.push(database.clone());
+        }
+        let mut roles = roles.into_values();
+        match (roles.next(), roles.next()) {
+            (Some(role), None) => Ok(role),
+            (None, _) => Err(AwsError::NoRole {
+                database: String::new(),
+            }),
+            (Some(_), Some(_)) => Err(AwsError::AmbiguousRole {
+                databases: seen.join(", "),
+            }),
+        }
     }
 
     pub fn personas(&self) -> impl Iterator<Item = &str> {

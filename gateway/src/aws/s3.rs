@@ -1,7 +1,7 @@
 //! The S3 stores of one user's DataFusion session. Each bucket gets a store whose every
 //! request is signed with the user's assumed-role credentials, so S3 (and CloudTrail) see the
 //! user's role and SourceIdentity, never the gateway's own.
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -15,7 +15,7 @@ use object_store::client::{
     HttpService, ReqwestConnector,
 };
 
-use super::{Aws, AwsError, RoleSessions};
+use super::{Aws, AwsError, RoleCredentials, RoleSessions};
 use crate::auth::LoginToken;
 use crate::config::RoleConfig;
 
@@ -45,30 +45,7 @@ pub fn register_user_stores(
     buckets: &[S3Bucket],
 ) -> Result<(), String> {
     for bucket in buckets {
-        let mut roles = BTreeMap::new();
-        let mut missing = None;
-        for database in &bucket.databases {
-            match aws.roles.role_for(personas, database) {
-                Some(role) => {
-                    roles.insert((role.role_arn.clone(), role.web_identity), role.clone());
-                }
-                None => missing = Some(database.clone()),
-            }
-        }
-        let role = match (missing, roles.len()) {
-            (Some(database), _) => Err(AwsError::NoRole { database }),
-            (None, 1) => roles.into_values().next().ok_or_else(|| AwsError::NoRole {
-                database: String::new(),
-            }),
-            (None, _) => Err(AwsError::AmbiguousRole {
-                databases: bucket
-                    .databases
-                    .iter()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            }),
-        };
+        let role = aws.roles.single_role(personas, &bucket.databases);
         match &role {
             Ok(role) => tracing::info!(user = %identity.name, bucket = %bucket.name,
                 role = %role.role_arn, web_identity = role.web_identity, engine = "local",
@@ -107,6 +84,27 @@ fn builder(aws: &Aws, bucket: &str) -> AmazonS3Builder {
             .with_virtual_hosted_style_request(false),
         None => builder,
     }
+}
+
+/// A store of `bucket` signed with credentials already assumed for a user (an engine's result
+/// objects, read with the role that ran the query). S3 refusing them is `ReadDenied`.
+pub fn user_store(
+    aws: &Aws,
+    bucket: &str,
+    credentials: &RoleCredentials,
+) -> Result<object_store::aws::AmazonS3, String> {
+    let credential = AwsCredential {
+        key_id: credentials.access_key_id.clone(),
+        secret_key: credentials.secret_access_key.clone(),
+        token: Some(credentials.session_token.clone()),
+    };
+    builder(aws, bucket)
+        .with_credentials(Arc::new(object_store::StaticCredentialProvider::new(
+            credential,
+        )))
+        .with_http_connector(RefusalAware)
+        .build()
+        .map_err(|e| format!("S3 store for bucket {bucket}: {e}"))
 }
 
 /// A store of `bucket` with the gateway's own credentials (the standard AWS chain). Only for
