@@ -48,6 +48,80 @@ pub struct Config {
     /// Default: none (tables in S3 cannot be read; `lakegate check` says so).
     #[serde(default)]
     pub aws: Option<AwsConfig>,
+    /// Amazon Athena as an engine (needs `aws`); `routes` decide which queries it runs.
+    /// Default: none.
+    #[serde(default)]
+    pub athena: Option<AthenaConfig>,
+    /// Which engine runs a query, by the databases and tables it reads and the user's personas:
+    /// the first route matching every table of a query decides. Default: none (every query runs
+    /// on the local engine, DataFusion in the gateway).
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+/// How queries routed to Athena run (see README, "Queries on Athena").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AthenaConfig {
+    /// The Athena workgroup. Default `primary`.
+    #[serde(default = "default_workgroup")]
+    pub workgroup: String,
+    /// Where Athena writes results (`s3://bucket/prefix/`); the user's role must be allowed to
+    /// write and read there. Default: the workgroup's own output location.
+    #[serde(default)]
+    pub output_location: Option<String>,
+    /// The data catalog Athena resolves `database.table` in. Default `AwsDataCatalog`.
+    #[serde(default = "default_athena_catalog")]
+    pub catalog: String,
+    /// A query running longer than this (seconds) reports its state to the client as NOTICE
+    /// messages, at most once per poll. Default 3.
+    #[serde(default = "default_notice_after")]
+    pub notice_after_seconds: u64,
+    /// The longest wait between two status polls, in milliseconds (polls start at 100 ms and
+    /// double). Default 2000.
+    #[serde(default = "default_max_poll")]
+    pub max_poll_interval_ms: u64,
+}
+
+fn default_workgroup() -> String {
+    "primary".to_string()
+}
+fn default_athena_catalog() -> String {
+    "AwsDataCatalog".to_string()
+}
+fn default_notice_after() -> u64 {
+    3
+}
+fn default_max_poll() -> u64 {
+    2000
+}
+
+/// One routing rule. A query goes to `engine` when every table it reads matches `database`
+/// and `table`, and the user holds `persona` (if given).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Catalog database (schema) name, or `*`. Default `*`.
+    #[serde(default = "default_any")]
+    pub database: String,
+    /// Table name glob within the database (`*`, `visits_*`). Default `*`.
+    #[serde(default = "default_any")]
+    pub table: String,
+    /// Only for users holding this persona. Default: every user.
+    #[serde(default)]
+    pub persona: Option<String>,
+    /// `athena` or `local`.
+    pub engine: Engine,
+}
+
+/// Where a query runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// DataFusion in the gateway, reading local files or S3 with the user's role.
+    Local,
+    /// Amazon Athena, with the user's role.
+    Athena,
 }
 
 /// How the gateway reaches AWS on a user's behalf (see README, "Tables in S3 and per-user AWS

@@ -56,6 +56,8 @@ pub enum QueryError {
     Execution(String),
     #[error(transparent)]
     Aws(#[from] crate::aws::AwsError),
+    #[error(transparent)]
+    Athena(#[from] crate::athena::AthenaError),
     #[error("internal error; the gateway log has details")]
     Internal,
 }
@@ -74,6 +76,7 @@ impl QueryError {
             QueryError::Cancelled | QueryError::StatementTimeout => "57014",
             QueryError::Execution(_) => "22000",
             QueryError::Aws(e) => e.sqlstate(),
+            QueryError::Athena(e) => e.sqlstate(),
             QueryError::Internal => "XX000",
         }
     }
@@ -92,6 +95,7 @@ impl From<QueryError> for PgWireError {
         let hint = match &e {
             QueryError::Refused { hint, .. } => hint.as_str(),
             QueryError::Aws(aws) => aws.hint(),
+            QueryError::Athena(athena) => athena.hint(),
             _ => "",
         };
         if !hint.is_empty() {
@@ -105,8 +109,11 @@ impl From<QueryError> for PgWireError {
 /// not in the user's catalog at all, so they fail exactly like missing ones.
 impl From<DataFusionError> for QueryError {
     fn from(e: DataFusionError) -> Self {
-        if let Some(aws) = aws_cause(&e) {
+        if let Some(aws) = find_cause::<crate::aws::AwsError>(&e) {
             return QueryError::Aws(aws);
+        }
+        if let Some(athena) = find_cause::<crate::athena::AthenaError>(&e) {
+            return QueryError::Athena(athena);
         }
         match e.find_root() {
             DataFusionError::SchemaError(err, _) => match err.as_ref() {
@@ -132,13 +139,16 @@ impl From<DataFusionError> for QueryError {
     }
 }
 
-/// An AWS reason for a failed read, wherever DataFusion and object_store wrapped it (no role,
-/// STS refused, S3 refused the role). AWS's own text stays in the log: it names buckets and keys.
-fn aws_cause(e: &DataFusionError) -> Option<crate::aws::AwsError> {
+/// An error of type `T` in `e`'s chain of causes, wherever DataFusion and object_store wrapped
+/// it: an AWS reason for a failed read (no role, STS refused, S3 refused the role) or an
+/// engine's. AWS's own text stays in the log: it names buckets and keys.
+pub fn find_cause<T: std::error::Error + Clone + 'static>(
+    e: &(dyn std::error::Error + 'static),
+) -> Option<T> {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(error) = cause {
-        if let Some(aws) = error.downcast_ref::<crate::aws::AwsError>() {
-            return Some(aws.clone());
+        if let Some(found) = error.downcast_ref::<T>() {
+            return Some(found.clone());
         }
         cause = error.source();
     }

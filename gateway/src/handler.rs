@@ -12,6 +12,7 @@ use datafusion::common::{DFSchema, DFSchemaRef};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::context::SQLOptions;
 use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::sql::parser::Statement as DfStatementWrapper;
 use datafusion::sql::sqlparser::ast::{CloseCursor, Statement};
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
@@ -26,7 +27,7 @@ use pgwire::api::results::{FieldInfo, QueryResponse, Response, Tag};
 use pgwire::api::stmt::{QueryParser, StoredStatement};
 use pgwire::api::store::PortalStore;
 use pgwire::api::{ClientInfo, ClientPortalStore, ConnectionHandle, Type};
-use pgwire::error::{PgWireError, PgWireResult};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
 use pgwire::types::format::FormatOptions;
 
@@ -269,15 +270,20 @@ fn format_options<C: ClientInfo + ?Sized>(client: &C) -> Arc<FormatOptions> {
 
 /// Runs a plan and streams its rows. pgwire answers a cancel request that arrives while
 /// `do_query` runs; rows streamed after `do_query` returned claim the cancel slot themselves
-/// (`claim_cancel`), and a cancel request ends them with 57014.
-async fn execute<C: ClientInfo + ?Sized>(
-    client: &C,
+/// (`claim_cancel`), and a cancel request ends them with 57014. The first batch is awaited
+/// here, sending the client the NOTICEs engines report meanwhile (a remote query's progress).
+async fn execute<C>(
+    client: &mut C,
     session: &UserSession,
     statement: &Statement,
     plan: LogicalPlan,
     format: &Format,
     claim_cancel: bool,
-) -> PgWireResult<QueryResponse> {
+) -> PgWireResult<QueryResponse>
+where
+    C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
     let cancel = client
         .session_extensions()
         .get::<Arc<ConnectionHandle>>()
@@ -295,19 +301,80 @@ async fn execute<C: ClientInfo + ?Sized>(
         .session_extensions()
         .get::<Arc<PeerWatch>>()
         .map(|p| (*p).clone());
-    let rows = encode_rows(
-        fields.clone(),
-        cancellable(batches, cancel, statement_deadline(client), peer),
-    );
+    let deadline = statement_deadline(client);
+    let batches = first_batch(client, session, batches, deadline, peer.clone()).await?;
+    let rows = encode_rows(fields.clone(), cancellable(batches, cancel, deadline, peer));
     Ok(QueryResponse::new(fields, rows))
 }
 
+/// Waits for a query's first batch (an error then is the statement's error, before any row
+/// description), writing NOTICEs as they come. The statement timeout and the client leaving
+/// end the wait, and dropping the stream stops the query wherever it runs.
+async fn first_batch<C>(
+    client: &mut C,
+    session: &UserSession,
+    mut batches: SendableRecordBatchStream,
+    deadline: Option<tokio::time::Instant>,
+    peer: Option<Arc<PeerWatch>>,
+) -> PgWireResult<SendableRecordBatchStream>
+where
+    C: Sink<PgWireBackendMessage> + Unpin + Send,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    let mut notices = session.notices.receiver().await;
+    let timeout = async move {
+        match deadline {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
+    let client_gone = async move {
+        match peer {
+            Some(peer) => loop {
+                tokio::time::sleep(PEER_CHECK_INTERVAL).await;
+                if peer.is_gone() {
+                    break;
+                }
+            },
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(timeout);
+    tokio::pin!(client_gone);
+    let first = loop {
+        tokio::select! {
+            first = batches.next() => break first,
+            Some(text) = notices.recv() => {
+                let info = ErrorInfo::new("NOTICE".to_string(), "00000".to_string(), text);
+                futures::SinkExt::send(client, PgWireBackendMessage::NoticeResponse(info.into())).await?;
+            }
+            _ = &mut timeout => return Err(QueryError::StatementTimeout.into()),
+            _ = &mut client_gone => {
+                tracing::info!("client left during a query; the query stops");
+                return Err(QueryError::Cancelled.into());
+            }
+        }
+    };
+    let schema = batches.schema();
+    let first = match first {
+        Some(Err(e)) => return Err(df_err(e)),
+        Some(Ok(batch)) => Some(Ok(batch)),
+        None => None,
+    };
+    let rest = stream::iter(first).chain(batches);
+    Ok(Box::pin(RecordBatchStreamAdapter::new(schema, rest)))
+}
+
 /// Runs the query behind a COPY TO STDOUT and streams its rows as COPY data.
-async fn execute_copy<C: ClientInfo + ?Sized>(
-    client: &C,
+async fn execute_copy<C>(
+    client: &mut C,
     session: &UserSession,
     copy: &CopyOut,
-) -> PgWireResult<Response> {
+) -> PgWireResult<Response>
+where
+    C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
     let plan = plan_statement(session, &copy.query).await?;
     let mut rows = execute(
         client,

@@ -24,11 +24,14 @@ use lakegate_policy::{
     compile_access,
 };
 
+use crate::athena::{Athena, AthenaExec, UserAthena};
 use crate::auth::LoginToken;
 use crate::aws::{Aws, S3Bucket};
-use crate::config::Config;
+use crate::config::{Config, Engine};
 use crate::error::StartupError;
+use crate::notices::Notices;
 use crate::pg_compat;
+use crate::route::{PlanTables, Route, Router};
 
 /// Shared state every session is built from. The tables can be replaced while serving (a Glue
 /// refresh); a session keeps the tables it was built with.
@@ -39,6 +42,10 @@ pub struct Lake {
     pub default_schema: String,
     /// AWS, when the configuration has it: tables in S3 are read with each user's role.
     pub aws: Option<Arc<Aws>>,
+    /// Which engine runs each query.
+    pub router: Arc<Router>,
+    /// Athena, when the configuration has it.
+    pub athena: Option<Arc<Athena>>,
     tables: RwLock<Arc<Tables>>,
 }
 
@@ -93,6 +100,8 @@ pub struct UserSession {
     pub hidden_views: Vec<String>,
     /// How many tables and views this user may read.
     pub granted: usize,
+    /// NOTICEs for this user's client from engines running their queries.
+    pub notices: Arc<Notices>,
 }
 
 /// The visible `schema.table → columns`, answering `has_*_privilege` from policy.
@@ -123,11 +132,30 @@ impl Lake {
                     .map(|d| d.name.clone())
             })
             .unwrap_or_else(|| "public".to_string());
+        let router = Router::new(&config.routes).map_err(StartupError::Other)?;
+        let athena = match (&config.athena, &aws) {
+            (None, _) => None,
+            (Some(_), None) => {
+                return Err(StartupError::Other(
+                    "athena needs the aws section (region, endpoint, roles)".into(),
+                ));
+            }
+            (Some(athena), Some(aws)) => Some(Arc::new(
+                Athena::new(aws.clone(), athena.clone()).map_err(StartupError::Other)?,
+            )),
+        };
+        if router.uses(Engine::Athena) && athena.is_none() {
+            return Err(StartupError::Other(
+                "routes send queries to athena, but the configuration has no athena section".into(),
+            ));
+        }
         Ok(Lake {
             config,
             policy,
             default_schema,
             aws,
+            router: Arc::new(router),
+            athena,
             tables: RwLock::new(Arc::new(tables)),
         })
     }
@@ -173,7 +201,7 @@ impl Lake {
         }
     }
 
-    fn session_context(&self) -> SessionContext {
+    fn session_context(&self, planner: PolicyQueryPlanner) -> SessionContext {
         let mut config = SessionConfig::new()
             .with_default_catalog_and_schema(&self.config.database, &self.default_schema)
             // Lakegate's own information_schema (PostgreSQL's shape) replaces DataFusion's.
@@ -188,7 +216,7 @@ impl Lake {
             .with_config(config)
             .with_default_features()
             .with_analyzer_rules(rules)
-            .with_query_planner(Arc::new(PolicyQueryPlanner))
+            .with_query_planner(Arc::new(planner))
             .build();
         SessionContext::new_with_state(state)
     }
@@ -201,7 +229,23 @@ impl Lake {
         identity: Identity,
         token: Option<LoginToken>,
     ) -> Result<UserSession, StartupError> {
-        let context = self.session_context();
+        let personas = self.policy.personas_of(&identity);
+        let notices = Arc::new(Notices::default());
+        let athena = self.athena.as_ref().map(|athena| {
+            Arc::new(UserAthena {
+                athena: athena.clone(),
+                identity: identity.clone(),
+                token: token.clone(),
+                personas: personas.clone(),
+                notices: notices.clone(),
+            })
+        });
+        let context = self.session_context(PolicyQueryPlanner {
+            router: self.router.clone(),
+            user: identity.name.clone(),
+            personas: personas.clone(),
+            athena,
+        });
         let state = context.state();
         let catalog = Arc::new(MemoryCatalogProvider::new());
         context.register_catalog(&self.config.database, catalog.clone());
@@ -281,7 +325,6 @@ impl Lake {
             }
         }
         if let Some(aws) = &self.aws {
-            let personas = self.policy.personas_of(&identity);
             let mut buckets: BTreeMap<&str, S3Bucket> = BTreeMap::new();
             for key in visible.tables.keys() {
                 if let Some(bucket) = tables.buckets.get(key) {
@@ -319,13 +362,69 @@ impl Lake {
             problems,
             hidden_views,
             granted: visible.tables.len(),
+            notices,
         })
     }
 }
 
-/// DataFusion's physical planner with the policy barrier's extension planner.
+/// Routes a policy-applied plan: a query a route sends to Athena becomes one `AthenaExec`
+/// with the plan as Athena SQL; any other runs on DataFusion's physical planner, with the
+/// policy barrier's extension planner.
 #[derive(Debug)]
-struct PolicyQueryPlanner;
+struct PolicyQueryPlanner {
+    router: Arc<Router>,
+    user: String,
+    personas: Vec<String>,
+    athena: Option<Arc<UserAthena>>,
+}
+
+impl PolicyQueryPlanner {
+    fn remote_plan(&self, plan: &LogicalPlan) -> Option<Arc<dyn ExecutionPlan>> {
+        // EXPLAIN shows the gateway's plan; it runs nothing anywhere.
+        if matches!(
+            plan,
+            LogicalPlan::Explain(_) | LogicalPlan::Analyze(_) | LogicalPlan::DescribeTable(_)
+        ) {
+            return None;
+        }
+        let tables = PlanTables::of(plan);
+        let route = self.router.route(&tables, &self.personas);
+        let Route::Remote { engine, tables } = route else {
+            if let Route::Local(why) = route
+                && !tables.tables.is_empty()
+            {
+                tracing::debug!(user = %self.user, engine = "local", why, "route");
+            }
+            return None;
+        };
+        let (Engine::Athena, Some(athena)) = (engine, &self.athena) else {
+            return None;
+        };
+        let schema = Arc::new(plan.schema().as_arrow().clone());
+        if !crate::athena::readable(&schema) {
+            tracing::info!(user = %self.user, engine = "local",
+                why = "a result type Athena's CSV results cannot carry", "route");
+            return None;
+        }
+        match crate::athena::sql::to_athena_sql(plan) {
+            Ok(sql) => {
+                let databases = tables.into_iter().map(|(database, _)| database).collect();
+                Some(Arc::new(AthenaExec::new(
+                    sql,
+                    schema,
+                    databases,
+                    athena.clone(),
+                )))
+            }
+            Err(error) => {
+                // The local engine reads the same tables; the user gets their answer.
+                tracing::info!(user = %self.user, engine = "local", error = %error.strip_backtrace(),
+                    why = "the plan has no Athena SQL", "route");
+                None
+            }
+        }
+    }
+}
 
 #[async_trait]
 impl QueryPlanner for PolicyQueryPlanner {
@@ -334,6 +433,9 @@ impl QueryPlanner for PolicyQueryPlanner {
         logical_plan: &LogicalPlan,
         session: &dyn Session,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if let Some(remote) = self.remote_plan(logical_plan) {
+            return Ok(remote);
+        }
         DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(PolicyExtensionPlanner)])
             .create_physical_plan(logical_plan, session)
             .await

@@ -1,4 +1,5 @@
 //! `lakegate`: the gateway binary.
+mod athena;
 mod auth;
 mod aws;
 mod client_compat;
@@ -14,12 +15,14 @@ mod information_schema;
 mod json_functions;
 mod lake;
 mod like_escape;
+mod notices;
 mod oidc;
 mod peer;
 mod pg_catalog_setup;
 mod pg_compat;
 mod register;
 mod regproc;
+mod route;
 mod scalar_subquery;
 mod server;
 mod settings;

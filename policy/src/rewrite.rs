@@ -118,6 +118,18 @@ pub struct PolicyBarrier {
     input: LogicalPlan,
 }
 
+impl PolicyBarrier {
+    /// The table enforced, as `database.table`.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// The enforced plan: masks and row filter over the table's own scan.
+    pub fn input(&self) -> &LogicalPlan {
+        &self.input
+    }
+}
+
 impl PartialOrd for PolicyBarrier {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         self.table.partial_cmp(&other.table)

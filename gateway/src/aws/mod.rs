@@ -15,8 +15,8 @@ use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
 
 pub use error::AwsError;
 pub use roles::RoleMap;
-pub use s3::{S3Bucket, bucket_of, own_store, register_user_stores};
-pub use sts::RoleSessions;
+pub use s3::{S3Bucket, bucket_of, own_store, register_user_stores, user_store};
+pub use sts::{RoleCredentials, RoleSessions};
 
 use crate::config::AwsConfig;
 
