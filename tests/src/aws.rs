@@ -194,6 +194,82 @@ impl Moto {
     }
 }
 
+impl Moto {
+    /// The JSON-protocol calls (Athena, Glue) of one operation so far, e.g.
+    /// `AmazonAthena.StartQueryExecution`.
+    pub fn json_calls(&self, target: &str) -> Vec<Value> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r["target"] == target)
+            .collect()
+    }
+
+    /// Queues one Athena result (moto runs no SQL): `rows[0]` is the header, `None` is NULL.
+    /// The next StartQueryExecution takes it, and moto writes it as CSV to the output location.
+    pub fn queue_athena_result(&self, rows: &[Vec<Option<String>>]) {
+        let rows: Vec<Value> = rows
+            .iter()
+            .map(|row| {
+                let data: Vec<Value> = row
+                    .iter()
+                    .map(|cell| match cell {
+                        Some(text) => serde_json::json!({ "VarCharValue": text }),
+                        None => serde_json::json!({}),
+                    })
+                    .collect();
+                serde_json::json!({ "Data": data })
+            })
+            .collect();
+        self.moto_api(
+            "/moto-api/static/athena/query-results",
+            serde_json::json!({ "results": [{ "rows": rows, "column_info": [] }] }),
+        );
+    }
+
+    /// How Athena queries move from QUEUED to RUNNING to SUCCEEDED: after `polls`
+    /// GetQueryExecution calls each (moto's state manager).
+    pub fn athena_polls_per_state(&self, polls: u32) {
+        self.moto_api(
+            "/moto-api/state-manager/set-transition",
+            serde_json::json!({
+                "model_name": "athena::execution",
+                "transition": { "progression": "manual", "times": polls },
+            }),
+        );
+    }
+
+    /// POSTs `body` to one of moto's own (test-control) APIs.
+    fn moto_api(&self, path: &str, body: Value) {
+        use std::io::Write;
+        let script = format!(
+            "import sys, urllib.request\n\
+             r = urllib.request.urlopen(urllib.request.Request({:?}, data=sys.stdin.buffer.read(), \
+             method='POST', headers={{'Content-Type': 'application/json'}}))\n\
+             assert r.status < 300, r.status\n",
+            format!("{}{path}", self.moto_endpoint)
+        );
+        let mut child = Command::new(venv_bin("python"))
+            .arg("-c")
+            .arg(script)
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run python");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(body.to_string().as_bytes())
+            .expect("write body");
+        let out = child.wait_with_output().expect("python");
+        assert!(
+            out.status.success(),
+            "moto API {path} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 /// The access key STS handed out in an AssumeRole answer.
 pub fn issued_key(call: &Value) -> Option<String> {
     let body = call["response"].as_str()?;

@@ -177,7 +177,11 @@ impl Gateway {
         let mut child = Command::new(binary())
             .args(["serve", "--listen", "127.0.0.1:0", "--config"])
             .arg(config)
-            .env("LAKEGATE_LOG", "warn")
+            // LAKEGATE_TEST_LOG=debug shows the gateway's log while debugging a test
+            .env(
+                "LAKEGATE_LOG",
+                std::env::var("LAKEGATE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -264,6 +268,32 @@ impl Gateway {
             let _ = connection.await;
         });
         Ok(client)
+    }
+
+    /// Connects as `user` and keeps the NOTICE messages the server sends, in order.
+    pub async fn connect_with_notices(
+        &self,
+        user: &str,
+    ) -> (Client, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        let (client, mut connection) =
+            tokio_postgres::connect(&self.conn_str(user, user), self.tls())
+                .await
+                .unwrap_or_else(|e| panic!("connect as {user}: {e}"));
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(message) =
+                futures::future::poll_fn(|cx| connection.poll_message(cx)).await
+            {
+                match message {
+                    Ok(tokio_postgres::AsyncMessage::Notice(notice)) => {
+                        let _ = tx.send(notice.message().to_string());
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        });
+        (client, rx)
     }
 
     /// CPU time the gateway process has used so far (user + system), from /proc.

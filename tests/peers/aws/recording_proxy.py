@@ -3,7 +3,8 @@
 moto ignores what STS callers send beyond the role (SourceIdentity, tags), so the tests read
 what the gateway really sent from here: every request is forwarded unchanged (Host included,
 so SigV4 signatures still verify) and written as one JSON line with the signing access key,
-the form body of STS calls and the upstream status. Prints `proxy listening PORT` when ready.
+the form body of STS calls, the operation and input of JSON calls (Athena, Glue) and the
+upstream status. Prints `proxy listening PORT` when ready.
 
 usage: recording_proxy.py UPSTREAM_PORT LOG_FILE
 """
@@ -54,6 +55,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if "x-www-form-urlencoded" in self.headers.get("Content-Type", ""):
             record["form"] = dict(urllib.parse.parse_qsl(body.decode()))
             record["response"] = payload.decode(errors="replace")
+        # JSON-protocol calls (Glue, Athena): the operation and its input.
+        target = self.headers.get("X-Amz-Target")
+        if target:
+            record["target"] = target
+            try:
+                record["json"] = json.loads(body or b"{}")
+            except ValueError:
+                record["json"] = None
         with LOCK:
             LOG.write(json.dumps(record) + "\n")
 

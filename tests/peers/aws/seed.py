@@ -8,6 +8,7 @@ platform team would set it up for Lakegate:
 - the gateway's own user, allowed sts:AssumeRole/SetSourceIdentity/TagSession on the first
   three roles only, and nothing else (it cannot read S3 itself);
 - the quickstart's Parquet files under s3://lake-gtm/gtm/;
+- Athena for the reader and steward roles, writing results to s3://lake-gtm-athena-results/;
 - the quickstart's catalog registered in the Glue Data Catalog as an ingestion job would (database
   `gtm`: its tables with columns, comments, parameters, partition keys and daily partitions),
   plus `gtm.regions`, a CSV table with a header line, and `gtm.events`, a table with a column
@@ -28,6 +29,7 @@ from botocore.config import Config
 ENDPOINT, DATA, CATALOG = sys.argv[1], pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3])
 ACCOUNT = "123456789012"
 BUCKET = "lake-gtm"
+RESULTS = "lake-gtm-athena-results"
 
 
 def client(service, key, secret):
@@ -68,7 +70,23 @@ read_lake = document(
         "Effect": "Allow",
         "Action": ["s3:GetObject", "s3:ListBucket"],
         "Resource": [f"arn:aws:s3:::{BUCKET}", f"arn:aws:s3:::{BUCKET}/*"],
-    }
+    },
+    # Athena runs with the caller's role and writes its results where the role may.
+    {
+        "Effect": "Allow",
+        "Action": [
+            "athena:StartQueryExecution",
+            "athena:GetQueryExecution",
+            "athena:StopQueryExecution",
+            "athena:GetQueryResults",
+        ],
+        "Resource": "*",
+    },
+    {
+        "Effect": "Allow",
+        "Action": ["s3:GetObject", "s3:PutObject", "s3:ListBucket"],
+        "Resource": [f"arn:aws:s3:::{RESULTS}", f"arn:aws:s3:::{RESULTS}/*"],
+    },
 )
 glue_only = document({"Effect": "Allow", "Action": ["glue:GetTable"], "Resource": "*"})
 roles = {
@@ -104,6 +122,7 @@ gateway = iam.create_access_key(UserName="gateway")["AccessKey"]
 
 s3 = client("s3", *admin)
 s3.create_bucket(Bucket=BUCKET)
+s3.create_bucket(Bucket=RESULTS)
 files = 0
 for path in sorted((DATA / "gtm").rglob("*.parquet")):
     key = "gtm/" + path.relative_to(DATA / "gtm").as_posix()
