@@ -216,6 +216,8 @@ impl Lake {
             .with_config(config)
             .with_default_features()
             .with_analyzer_rules(rules)
+            // after DataFusion's filter pushdown, which then takes what it moved to the scan
+            .with_optimizer_rule(Arc::new(lakegate_policy::PushSafePredicates))
             .with_query_planner(Arc::new(planner))
             .build();
         SessionContext::new_with_state(state)

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::logical_expr::LogicalPlan;
 use globset::{Glob, GlobMatcher};
-use lakegate_policy::PolicyBarrier;
+use lakegate_policy::{PolicyBarrier, is_error_free};
 
 use crate::config::{Engine, RouteConfig};
 
@@ -37,7 +37,8 @@ pub struct PlanTables {
     pub other_scans: bool,
     /// Some table has a row filter.
     pub row_filtered: bool,
-    /// The query has predicates of its own (WHERE, HAVING, join conditions).
+    /// The query has predicates of its own (WHERE, HAVING, join conditions) that could fail
+    /// on some row (`1/x > 0`): evaluated before a row filter, they would tell about its rows.
     pub user_predicates: bool,
 }
 
@@ -112,9 +113,15 @@ impl PlanTables {
                     found.other_scans = true;
                 }
                 LogicalPlan::TableScan(_) => found.other_scans = true,
-                LogicalPlan::Filter(_) => found.user_predicates = true,
-                LogicalPlan::Join(join) if join.filter.is_some() || !join.on.is_empty() => {
-                    found.user_predicates = true
+                LogicalPlan::Filter(filter) => {
+                    found.user_predicates |= !is_error_free(&filter.predicate)
+                }
+                LogicalPlan::Join(join) => {
+                    found.user_predicates |= join.filter.as_ref().is_some_and(|f| !is_error_free(f))
+                        || join
+                            .on
+                            .iter()
+                            .any(|(l, r)| !is_error_free(l) || !is_error_free(r))
                 }
                 _ => {}
             }

@@ -13,6 +13,7 @@ mod error;
 mod identity;
 mod load;
 mod model;
+mod pushdown;
 mod resolve;
 mod rewrite;
 
@@ -21,6 +22,7 @@ pub use error::PolicyError;
 pub use identity::Identity;
 pub use load::{PolicySet, PolicySource};
 pub use model::{Access, ColumnDefault, Mask, Privilege};
+pub use pushdown::{PushSafePredicates, is_error_free};
 pub use resolve::{ColumnDecision, ColumnMeta, Decision, TableAccess, TableMeta};
 pub use rewrite::{
     EnforcePolicy, PolicyBarrier, PolicyBarrierExec, PolicyExtensionPlanner, PolicyView,

@@ -128,6 +128,14 @@ impl PolicyBarrier {
     pub fn input(&self) -> &LogicalPlan {
         &self.input
     }
+
+    /// The same barrier over another enforced plan (only for rules that keep its meaning).
+    pub(crate) fn with_input(&self, input: LogicalPlan) -> PolicyBarrier {
+        PolicyBarrier {
+            table: self.table.clone(),
+            input,
+        }
+    }
 }
 
 impl PartialOrd for PolicyBarrier {

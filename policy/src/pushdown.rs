@@ -1,0 +1,191 @@
+//! Predicates of the query that may run below the policy barrier. The barrier keeps a user's
+//! predicates above the row filter so that none can fail (`1/0`) or otherwise tell anything
+//! about rows the filter hides. A predicate that cannot fail, on columns that pass the barrier
+//! unmasked, tells nothing either: `WHERE sale_date = DATE '2024-01-15'` evaluated on a hidden
+//! row just yields false or true, and the row filter removes it all the same. Moving such
+//! predicates under the barrier lets the scan prune partitions and files from them.
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::{Column, Result};
+use datafusion::logical_expr::utils::{conjunction, split_conjunction_owned};
+use datafusion::logical_expr::{
+    BinaryExpr, Expr, Extension, Filter, LogicalPlan, Operator, Projection,
+};
+use datafusion::optimizer::{ApplyOrder, OptimizerConfig, OptimizerRule};
+
+use crate::rewrite::PolicyBarrier;
+
+/// Whether evaluating `expr` on any row can neither fail nor depend on more than comparisons of
+/// column values with each other and with constants.
+pub fn is_error_free(expr: &Expr) -> bool {
+    match expr {
+        Expr::Column(_) | Expr::Literal(..) => true,
+        Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+            matches!(
+                op,
+                Operator::Eq
+                    | Operator::NotEq
+                    | Operator::Lt
+                    | Operator::LtEq
+                    | Operator::Gt
+                    | Operator::GtEq
+                    | Operator::And
+                    | Operator::Or
+                    | Operator::IsDistinctFrom
+                    | Operator::IsNotDistinctFrom
+            ) && is_error_free(left)
+                && is_error_free(right)
+        }
+        Expr::Not(e)
+        | Expr::IsNull(e)
+        | Expr::IsNotNull(e)
+        | Expr::IsTrue(e)
+        | Expr::IsFalse(e)
+        | Expr::IsNotTrue(e)
+        | Expr::IsNotFalse(e)
+        | Expr::IsUnknown(e)
+        | Expr::IsNotUnknown(e) => is_error_free(e),
+        Expr::Between(b) => is_error_free(&b.expr) && is_error_free(&b.low) && is_error_free(&b.high),
+        Expr::InList(list) => is_error_free(&list.expr) && list.list.iter().all(is_error_free),
+        // A bad pattern fails for every row alike.
+        Expr::Like(like) | Expr::SimilarTo(like) => {
+            is_error_free(&like.expr) && is_error_free(&like.pattern)
+        }
+        // A constant cast fails for every row alike, or for none.
+        Expr::Cast(c) => matches!(c.expr.as_ref(), Expr::Literal(..)),
+        Expr::TryCast(c) => matches!(c.expr.as_ref(), Expr::Literal(..)),
+        _ => false,
+    }
+}
+
+/// Moves error-free predicates on unmasked columns from a Filter right above a policy barrier
+/// into the barrier, above its row filter; DataFusion's own filter pushdown then takes them to
+/// the scan, beside the row filter.
+#[derive(Debug, Default)]
+pub struct PushSafePredicates;
+
+impl OptimizerRule for PushSafePredicates {
+    fn name(&self) -> &str {
+        "lakegate_push_safe_predicates"
+    }
+
+    fn apply_order(&self) -> Option<ApplyOrder> {
+        Some(ApplyOrder::TopDown)
+    }
+
+    fn supports_rewrite(&self) -> bool {
+        true
+    }
+
+    fn rewrite(
+        &self,
+        plan: LogicalPlan,
+        _config: &dyn OptimizerConfig,
+    ) -> Result<Transformed<LogicalPlan>> {
+        let LogicalPlan::Filter(filter) = plan else {
+            return Ok(Transformed::no(plan));
+        };
+        let Some((barrier, projection)) = barrier_projection(&filter.input) else {
+            return Ok(Transformed::no(LogicalPlan::Filter(filter)));
+        };
+        // The barrier's column name → the raw column it passes through unmasked.
+        let unmasked: HashMap<String, Expr> = projection
+            .expr
+            .iter()
+            .zip(projection.schema.fields())
+            .filter_map(|(expr, field)| match expr {
+                Expr::Alias(alias) if matches!(alias.expr.as_ref(), Expr::Column(_)) => {
+                    Some((field.name().clone(), alias.expr.as_ref().clone()))
+                }
+                Expr::Column(_) => Some((field.name().clone(), expr.clone())),
+                _ => None,
+            })
+            .collect();
+        let mut moved = Vec::new();
+        let mut kept = Vec::new();
+        for predicate in split_conjunction_owned(filter.predicate.clone()) {
+            let columns = predicate.column_refs();
+            let movable = !columns.is_empty()
+                && columns.iter().all(|c| unmasked.contains_key(&c.name))
+                && is_error_free(&predicate);
+            if movable {
+                moved.push(raw_predicate(predicate, &unmasked)?);
+            } else {
+                kept.push(predicate);
+            }
+        }
+        let Some(moved) = conjunction(moved) else {
+            return Ok(Transformed::no(LogicalPlan::Filter(filter)));
+        };
+        let inner = Filter::try_new(moved, projection.input.clone())?;
+        let projection = Projection::try_new_with_schema(
+            projection.expr.clone(),
+            Arc::new(LogicalPlan::Filter(inner)),
+            projection.schema.clone(),
+        )?;
+        let barrier = LogicalPlan::Extension(Extension {
+            node: Arc::new(barrier.with_input(LogicalPlan::Projection(projection))),
+        });
+        Ok(Transformed::yes(match conjunction(kept) {
+            Some(kept) => LogicalPlan::Filter(Filter::try_new(kept, Arc::new(barrier))?),
+            None => barrier,
+        }))
+    }
+}
+
+fn barrier_projection(plan: &LogicalPlan) -> Option<(&PolicyBarrier, &Projection)> {
+    let LogicalPlan::Extension(ext) = plan else {
+        return None;
+    };
+    let barrier = ext.node.as_any().downcast_ref::<PolicyBarrier>()?;
+    match barrier.input() {
+        LogicalPlan::Projection(projection) => Some((barrier, projection)),
+        _ => None,
+    }
+}
+
+/// The predicate over the barrier's columns, rewritten over the raw columns beneath.
+fn raw_predicate(predicate: Expr, unmasked: &HashMap<String, Expr>) -> Result<Expr> {
+    predicate
+        .transform_up(|e| match &e {
+            Expr::Column(Column { name, .. }) => match unmasked.get(name) {
+                Some(raw) => Ok(Transformed::yes(raw.clone())),
+                None => Ok(Transformed::no(e)),
+            },
+            _ => Ok(Transformed::no(e)),
+        })
+        .map(|t| t.data)
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::prelude::{col, lit};
+
+    use super::*;
+
+    #[test]
+    fn only_predicates_that_cannot_fail_are_error_free() {
+        let date = col("sale_date");
+        assert!(is_error_free(&date.clone().eq(lit("2024-01-15"))));
+        assert!(is_error_free(
+            &col("country").in_list(vec![lit("DE"), lit("FR")], false)
+        ));
+        assert!(is_error_free(
+            &col("units")
+                .between(lit(2), lit(5))
+                .and(col("units").is_not_null())
+        ));
+        // arithmetic can fail (division by zero, overflow), casts of values can fail
+        assert!(!is_error_free(
+            &(lit(1) / (col("units") - lit(3))).gt(lit(0))
+        ));
+        assert!(!is_error_free(
+            &datafusion::logical_expr::cast(col("name"), datafusion::arrow::datatypes::DataType::Int32)
+                .eq(lit(1))
+        ));
+        assert!(!is_error_free(&(col("units") + lit(1)).eq(lit(2))));
+        assert!(is_error_free(&col("specialty").like(lit("Card%"))));
+    }
+}
