@@ -322,23 +322,8 @@ where
     PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
 {
     let mut notices = session.notices.receiver().await;
-    let timeout = async move {
-        match deadline {
-            Some(at) => tokio::time::sleep_until(at).await,
-            None => std::future::pending().await,
-        }
-    };
-    let client_gone = async move {
-        match peer {
-            Some(peer) => loop {
-                tokio::time::sleep(PEER_CHECK_INTERVAL).await;
-                if peer.is_gone() {
-                    break;
-                }
-            },
-            None => std::future::pending().await,
-        }
-    };
+    let timeout = deadline_passed(deadline);
+    let client_gone = client_left(peer);
     tokio::pin!(timeout);
     tokio::pin!(client_gone);
     let first = loop {
@@ -430,6 +415,27 @@ fn statement_deadline<C: ClientInfo + ?Sized>(client: &C) -> Option<tokio::time:
     (ms > 0).then(|| tokio::time::Instant::now() + std::time::Duration::from_millis(ms))
 }
 
+/// Ends at the statement's deadline; never without one.
+async fn deadline_passed(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Ends when the client's socket is gone; never when it cannot be watched.
+async fn client_left(peer: Option<Arc<PeerWatch>>) {
+    match peer {
+        Some(peer) => loop {
+            tokio::time::sleep(PEER_CHECK_INTERVAL).await;
+            if peer.is_gone() {
+                break;
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
 /// How often a running query asks whether its client is still there.
 const PEER_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 
@@ -455,23 +461,8 @@ fn cancellable(
                 (None, Some(handle)) => Some(handle.start_query().await),
                 (None, None) => None,
             };
-            let timeout = async move {
-                match deadline {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let client_gone = async move {
-                match peer {
-                    Some(peer) => loop {
-                        tokio::time::sleep(PEER_CHECK_INTERVAL).await;
-                        if peer.is_gone() {
-                            break;
-                        }
-                    },
-                    None => std::future::pending().await,
-                }
-            };
+            let timeout = deadline_passed(deadline);
+            let client_gone = client_left(peer);
             tokio::pin!(client_gone);
             tokio::pin!(timeout);
             loop {

@@ -47,7 +47,9 @@ pub fn is_error_free(expr: &Expr) -> bool {
         | Expr::IsNotFalse(e)
         | Expr::IsUnknown(e)
         | Expr::IsNotUnknown(e) => is_error_free(e),
-        Expr::Between(b) => is_error_free(&b.expr) && is_error_free(&b.low) && is_error_free(&b.high),
+        Expr::Between(b) => {
+            is_error_free(&b.expr) && is_error_free(&b.low) && is_error_free(&b.high)
+        }
         Expr::InList(list) => is_error_free(&list.expr) && list.list.iter().all(is_error_free),
         // A bad pattern fails for every row alike.
         Expr::Like(like) | Expr::SimilarTo(like) => {
@@ -182,8 +184,11 @@ mod tests {
             &(lit(1) / (col("units") - lit(3))).gt(lit(0))
         ));
         assert!(!is_error_free(
-            &datafusion::logical_expr::cast(col("name"), datafusion::arrow::datatypes::DataType::Int32)
-                .eq(lit(1))
+            &datafusion::logical_expr::cast(
+                col("name"),
+                datafusion::arrow::datatypes::DataType::Int32
+            )
+            .eq(lit(1))
         ));
         assert!(!is_error_free(&(col("units") + lit(1)).eq(lit(2))));
         assert!(is_error_free(&col("specialty").like(lit("Card%"))));

@@ -394,9 +394,12 @@ async fn partition_predicates_read_only_their_partitions() {
     let local = Gateway::start_with_policy(&reader_policy());
     let alice = gateway.connect("alice").await;
     let expected = local.connect("alice").await;
-    let days = rows(&alice, "SELECT DISTINCT sale_date FROM gtm.sales ORDER BY 1")
-        .await
-        .expect("days");
+    let days = rows(
+        &alice,
+        "SELECT DISTINCT sale_date FROM gtm.sales ORDER BY 1",
+    )
+    .await
+    .expect("days");
     assert!(days.len() > 2, "{days:?}");
     let day = &days[1];
     let before = moto.requests().len();
@@ -422,7 +425,9 @@ async fn partition_predicates_read_only_their_partitions() {
         "SELECT count(*) FROM gtm.sales WHERE sale_date = DATE '{day}' AND 1 / (CASE WHEN country = 'US' THEN 0 ELSE 1 END) = 1"
     );
     assert_eq!(
-        rows(&alice, &probing).await.expect("no division by zero on hidden US rows"),
+        rows(&alice, &probing)
+            .await
+            .expect("no division by zero on hidden US rows"),
         rows(&expected, &probing).await.expect("local")
     );
 }

@@ -90,18 +90,9 @@ mod tests {
 
     use super::*;
 
-    /// Athena's CSV: every value quoted, NULL as nothing, the header first.
-    #[tokio::test]
-    async fn athena_csv_streams_as_typed_batches() {
+    /// `csv` as Athena would have written it, read back as (id bigint, name text) batches.
+    async fn read_back(csv: String) -> Vec<RecordBatch> {
         let store = Arc::new(InMemory::new());
-        let mut csv = String::from("\"id\",\"name\"\n");
-        for i in 0..20_000 {
-            if i % 3 == 0 {
-                csv.push_str(&format!("\"{i}\",\n"));
-            } else {
-                csv.push_str(&format!("\"{i}\",\"n, \"\"{i}\"\"\"\n"));
-            }
-        }
         store
             .put(&Path::from("r/q.csv"), PutPayload::from(csv.into_bytes()))
             .await
@@ -110,12 +101,26 @@ mod tests {
             Field::new("id", DataType::Int64, true),
             Field::new("name", DataType::Utf8, true),
         ]));
-        let batches: Vec<RecordBatch> = stream_csv(store, "r/q.csv", schema)
+        stream_csv(store, "r/q.csv", schema)
             .await
             .unwrap()
             .try_collect()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// Athena's CSV: every value quoted, NULL as nothing, the header first.
+    #[tokio::test]
+    async fn athena_csv_streams_as_typed_batches() {
+        let mut csv = String::from("\"id\",\"name\"\n");
+        for i in 0..20_000 {
+            if i % 3 == 0 {
+                csv.push_str(&format!("\"{i}\",\n"));
+            } else {
+                csv.push_str(&format!("\"{i}\",\"n, \"\"{i}\"\"\"\n"));
+            }
+        }
+        let batches = read_back(csv).await;
         assert!(batches.len() >= 3, "{} batches", batches.len());
         let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
         assert_eq!(rows, 20_000);
@@ -127,25 +132,7 @@ mod tests {
         assert_eq!(names.value(1), "n, \"1\"");
 
         // A known loss: an empty string (`""`) reads as NULL, like Athena's NULL (nothing).
-        let store = Arc::new(InMemory::new());
-        let csv = "\"id\",\"name\"\n\"1\",\"\"\n";
-        store
-            .put(
-                &Path::from("e.csv"),
-                PutPayload::from(csv.as_bytes().to_vec()),
-            )
-            .await
-            .unwrap();
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("id", DataType::Int64, true),
-            Field::new("name", DataType::Utf8, true),
-        ]));
-        let batches: Vec<RecordBatch> = stream_csv(store, "e.csv", schema)
-            .await
-            .unwrap()
-            .try_collect()
-            .await
-            .unwrap();
+        let batches = read_back("\"id\",\"name\"\n\"1\",\"\"\n".to_string()).await;
         assert!(batches[0].column(1).is_null(0));
     }
 }

@@ -12,8 +12,7 @@ use datafusion::error::DataFusionError;
 use datafusion::logical_expr::expr::Like;
 use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder};
 use datafusion::sql::sqlparser::ast::{
-    self, BinaryOperator, Function, FunctionArg, FunctionArgExpr, FunctionArgumentList,
-    FunctionArguments, Ident, ObjectName, TimezoneInfo, VisitMut, VisitorMut, WindowFrameBound,
+    self, BinaryOperator, TimezoneInfo, VisitMut, VisitorMut, WindowFrameBound,
     visit_expressions_mut,
 };
 use datafusion::sql::unparser::Unparser;
@@ -178,23 +177,7 @@ fn unparsed(unparser: &Unparser, args: &[Expr]) -> DfResult<Vec<ast::Expr>> {
 }
 
 fn call(name: &str, args: Vec<ast::Expr>) -> ast::Expr {
-    ast::Expr::Function(Function {
-        name: ObjectName::from(vec![Ident::new(name)]),
-        uses_odbc_syntax: false,
-        parameters: FunctionArguments::None,
-        args: FunctionArguments::List(FunctionArgumentList {
-            duplicate_treatment: None,
-            args: args
-                .into_iter()
-                .map(|a| FunctionArg::Unnamed(FunctionArgExpr::Expr(a)))
-                .collect(),
-            clauses: vec![],
-        }),
-        filter: None,
-        null_treatment: None,
-        over: None,
-        within_group: vec![],
-    })
+    crate::scalar_subquery::function_call(name, args)
 }
 
 fn string(s: &str) -> ast::Expr {
