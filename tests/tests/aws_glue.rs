@@ -61,6 +61,21 @@ const SAME: &[(&str, &str)] = &[
         "carol",
         "SELECT count(*), min(birth_date) FROM gtm.patients",
     ),
+    // An Athena view (Presto-encoded in Glue), with the rights of who reads it: EU rows only
+    // for alice, as in the local catalog's view.
+    (
+        "alice",
+        "SELECT country, sum(units), sum(amount) FROM gtm.sales_by_country GROUP BY 1 ORDER BY 1",
+    ),
+    (
+        "carol",
+        "SELECT country, count(*) FROM gtm.sales_by_country GROUP BY 1 ORDER BY 1",
+    ),
+    (
+        "carol",
+        "SELECT table_name, table_type FROM information_schema.tables \
+         WHERE table_schema = 'gtm' AND table_name LIKE 'sales%' ORDER BY 1",
+    ),
 ];
 
 #[tokio::test]

@@ -10,7 +10,8 @@ platform team would set it up for Lakegate:
 - the quickstart's Parquet files under s3://lake-gtm/gtm/;
 - Athena for the reader and steward roles, writing results to s3://lake-gtm-athena-results/;
 - the quickstart's catalog registered in the Glue Data Catalog as an ingestion job would (database
-  `gtm`: its tables with columns, comments, parameters, partition keys and daily partitions),
+  `gtm`: its tables with columns, comments, parameters, partition keys and daily partitions; its
+  view as Athena's CREATE VIEW stores one, in Presto's encoding),
   plus `gtm.regions`, a CSV table with a header line, and `gtm.events`, a table with a column
   type Lakegate does not serve (map).
 
@@ -18,6 +19,7 @@ Prints one JSON object: the access keys of the gateway and of the admin user.
 
 usage: seed.py ENDPOINT DATA_DIR CATALOG_YAML
 """
+import base64
 import json
 import pathlib
 import sys
@@ -173,7 +175,27 @@ for database in catalog["databases"]:
     )
     for table in database["tables"]:
         if "view_sql" in table:
-            continue  # Glue keeps views in Presto's encoding; not registered here
+            # As Athena's CREATE VIEW stores a view: its SQL in Presto's encoding.
+            view = {
+                "originalSql": table["view_sql"],
+                "catalog": "awsdatacatalog",
+                "schema": database["name"],
+                "columns": [{"name": c["name"], "type": c["type"]} for c in table["columns"]],
+            }
+            encoded = base64.b64encode(json.dumps(view).encode()).decode()
+            glue.create_table(
+                DatabaseName=database["name"],
+                TableInput={
+                    "Name": table["name"],
+                    "Description": table.get("description", ""),
+                    "TableType": "VIRTUAL_VIEW",
+                    "Parameters": {**table.get("parameters", {}), "presto_view": "true", "comment": "Presto View"},
+                    "ViewOriginalText": f"/* Presto View: {encoded} */",
+                    "ViewExpandedText": "/* Presto View */",
+                    "StorageDescriptor": {"Columns": [glue_column(c) for c in table["columns"]], "SerdeInfo": {}},
+                },
+            )
+            continue
         location = f"s3://{BUCKET}/{table['location'].removeprefix('data/')}/"
         table_input = {
             "Name": table["name"],
