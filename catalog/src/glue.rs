@@ -8,7 +8,7 @@ use aws_sdk_glue::error::DisplayErrorContext;
 use aws_sdk_glue::types::{Column as GlueColumn, Table as GlueTable};
 
 use crate::error::CatalogError;
-use crate::model::{Column, CsvLayout, Database, Table, TableFormat};
+use crate::model::{Column, CsvLayout, Database, FileNames, Table, TableFormat};
 use crate::types::glue_type_to_arrow;
 
 /// Glue databases read into the model, and the tables left out (with why).
@@ -148,6 +148,8 @@ fn table_of(database: &str, table: &GlueTable) -> Result<Table, String> {
         csv,
         columns,
         partition_keys,
+        // Athena, Hive and Spark name data files without (or with other) extensions.
+        file_names: FileNames::Any,
         parameters,
     })
 }
@@ -208,6 +210,7 @@ fn view_of(database: &str, table: &GlueTable) -> Result<Table, String> {
         csv: CsvLayout::default(),
         columns,
         partition_keys: vec![],
+        file_names: FileNames::default(),
         parameters: sorted(table.parameters())
             .into_iter()
             // Athena's own markers, not business metadata

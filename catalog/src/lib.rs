@@ -13,5 +13,5 @@ mod types;
 pub use error::CatalogError;
 pub use glue::{GlueLoad, load_glue};
 pub use local::LocalCatalog;
-pub use model::{Catalog, Column, CsvLayout, Database, Table, TableFormat};
+pub use model::{Catalog, Column, CsvLayout, Database, FileNames, Table, TableFormat};
 pub use types::{arrow_to_glue_type, glue_type_to_arrow};

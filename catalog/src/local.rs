@@ -11,7 +11,11 @@ use datafusion::datasource::listing::{
 };
 
 use crate::error::CatalogError;
-use crate::model::{Catalog, Database, Table, TableFormat};
+use crate::model::{Catalog, Database, FileNames, Table, TableFormat};
+
+/// The file names Hive and Athena count as data: any not starting with `_` or `.` (DataFusion
+/// matches the glob against file names; `key=value` folders are partitions).
+const DATA_FILES: &str = "[!_.]*";
 use crate::types::glue_type_to_arrow;
 
 /// The catalog the gateway serves: the databases of a catalog file (the embedded default, each
@@ -128,6 +132,10 @@ impl LocalCatalog {
             self.resolve_location(&table.location).display().to_string()
         };
         let url = ListingTableUrl::parse(format!("{location}/")).map_err(provider_error)?;
+        let url = match table.file_names {
+            FileNames::Extension => url,
+            FileNames::Any => url.with_glob(DATA_FILES).map_err(provider_error)?,
+        };
         let options = match table.format {
             TableFormat::Parquet => ListingOptions::new(Arc::new(ParquetFormat::default()))
                 .with_file_extension(".parquet"),
@@ -147,6 +155,10 @@ impl LocalCatalog {
             .iter()
             .filter_map(|c| glue_type_to_arrow(&c.data_type).map(|t| (c.name.clone(), t)))
             .collect();
+        let options = match table.file_names {
+            FileNames::Extension => options,
+            FileNames::Any => options.with_file_extension(""),
+        };
         let options = options.with_table_partition_cols(partition_cols);
         let file_fields: Vec<Field> = table
             .columns

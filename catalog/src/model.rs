@@ -48,8 +48,24 @@ pub struct Table {
     /// Hive-style partition keys (`key=value` folders), in folder order.
     #[serde(default)]
     pub partition_keys: Vec<Column>,
+    /// Which files under the location hold data. Default `extension`: those ending in the
+    /// format's extension (`.parquet`, `.csv`, `.json`).
+    #[serde(default)]
+    pub file_names: FileNames,
     #[serde(default)]
     pub parameters: BTreeMap<String, String>,
+}
+
+/// Which files of a table's location are its data.
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FileNames {
+    /// Files ending in the format's extension.
+    #[default]
+    Extension,
+    /// Every file whose name does not start with `_` or `.` (Hive's and Athena's rule: they
+    /// write data files without extensions, and markers such as `_SUCCESS`).
+    Any,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]

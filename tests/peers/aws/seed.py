@@ -12,8 +12,9 @@ platform team would set it up for Lakegate:
 - the quickstart's catalog registered in the Glue Data Catalog as an ingestion job would (database
   `gtm`: its tables with columns, comments, parameters, partition keys and daily partitions; its
   view as Athena's CREATE VIEW stores one, in Presto's encoding),
-  plus `gtm.regions`, a CSV table with a header line, and `gtm.events`, a table with a column
-  type Lakegate does not serve (map).
+  plus `gtm.regions`, a CSV table with a header line, `gtm.sales_ctas`, the sales files named as
+  Athena's CTAS names them (no extension, `_SUCCESS` beside them), and `gtm.events`, a table with
+  a column type Lakegate does not serve (map).
 
 Prints one JSON object: the access keys of the gateway and of the admin user.
 
@@ -244,6 +245,28 @@ glue.create_table(
             ],
             "Location": f"s3://{BUCKET}/gtm/regions/",
             **CSV,
+        },
+    },
+)
+# `gtm.sales_ctas`: the sales files as Athena's CTAS writes them: no extension, with a
+# `_SUCCESS` marker and a hidden checksum file that are not data.
+sales = DATA / "gtm" / "sales"
+for path in sorted(sales.rglob("*.parquet")):
+    folder = path.parent.relative_to(sales).as_posix()
+    s3.upload_file(str(path), BUCKET, f"athena-out/sales/{folder}/20260101_000000_00001_{path.stem}")
+s3.put_object(Bucket=BUCKET, Key="athena-out/sales/_SUCCESS", Body=b"")
+s3.put_object(Bucket=BUCKET, Key="athena-out/sales/.20260101.crc", Body=b"not parquet")
+sales_table = next(t for d in catalog["databases"] for t in d["tables"] if t["name"] == "sales")
+glue.create_table(
+    DatabaseName="gtm",
+    TableInput={
+        "Name": "sales_ctas",
+        "TableType": "EXTERNAL_TABLE",
+        "PartitionKeys": [glue_column(c) for c in sales_table["partition_keys"]],
+        "StorageDescriptor": {
+            "Columns": [glue_column(c) for c in sales_table["columns"]],
+            "Location": f"s3://{BUCKET}/athena-out/sales/",
+            **PARQUET,
         },
     },
 )
