@@ -51,13 +51,22 @@ pub fn is_error_free(expr: &Expr) -> bool {
             is_error_free(&b.expr) && is_error_free(&b.low) && is_error_free(&b.high)
         }
         Expr::InList(list) => is_error_free(&list.expr) && list.list.iter().all(is_error_free),
-        // A bad pattern fails for every row alike.
+        // A constant pattern that is bad fails for every row alike; a pattern taken from the
+        // data (`'x' LIKE col`) could fail on one row only.
         Expr::Like(like) | Expr::SimilarTo(like) => {
-            is_error_free(&like.expr) && is_error_free(&like.pattern)
+            is_error_free(&like.expr) && is_constant(&like.pattern)
         }
         // A constant cast fails for every row alike, or for none.
         Expr::Cast(c) => matches!(c.expr.as_ref(), Expr::Literal(..)),
         Expr::TryCast(c) => matches!(c.expr.as_ref(), Expr::Literal(..)),
+        _ => false,
+    }
+}
+
+fn is_constant(expr: &Expr) -> bool {
+    match expr {
+        Expr::Literal(..) => true,
+        Expr::Cast(c) => matches!(c.expr.as_ref(), Expr::Literal(..)),
         _ => false,
     }
 }
@@ -192,5 +201,6 @@ mod tests {
         ));
         assert!(!is_error_free(&(col("units") + lit(1)).eq(lit(2))));
         assert!(is_error_free(&col("specialty").like(lit("Card%"))));
+        assert!(!is_error_free(&lit("Cardiology").like(col("specialty"))));
     }
 }
