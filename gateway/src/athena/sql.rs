@@ -6,10 +6,11 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::TimeUnit;
-use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Result as DfResult, ScalarValue};
 use datafusion::error::DataFusionError;
 use datafusion::logical_expr::expr::Like;
+use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder};
 use datafusion::sql::sqlparser::ast::{
     self, BinaryOperator, TimezoneInfo, VisitMut, VisitorMut, WindowFrameBound,
@@ -190,6 +191,7 @@ fn number(n: i64) -> ast::Expr {
 
 /// The SQL Athena runs for a policy-applied, optimized plan.
 pub fn to_athena_sql(plan: &LogicalPlan) -> DfResult<String> {
+    let policy = policy_expressions(plan)?;
     let plan = without_barriers(plan.clone())?;
     let plan = plan
         .transform_up_with_subqueries(|node| {
@@ -200,7 +202,100 @@ pub fn to_athena_sql(plan: &LogicalPlan) -> DfResult<String> {
     let plan = with_output_projection(plan)?;
     let mut statement = Unparser::new(&AthenaDialect).plan_to_sql(&plan)?;
     let _ = statement.visit(&mut TrinoQueries);
-    Ok(statement.to_string())
+    let sql = statement.to_string();
+    policy_kept(&sql, &policy)?;
+    Ok(sql)
+}
+
+/// Fails closed unless every row filter and mask is in the SQL Athena gets, whatever the
+/// unparser did with the plan's shape.
+fn policy_kept(sql: &str, policy: &[(String, String)]) -> DfResult<()> {
+    let written = normalized(sql);
+    for (table, expr) in policy {
+        if !written.contains(&normalized(expr)) {
+            return Err(DataFusionError::Plan(format!(
+                "the Athena SQL lost part of the policy of {table}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The row filters and masks of every table of the plan, each as Athena SQL on its own.
+fn policy_expressions(plan: &LogicalPlan) -> DfResult<Vec<(String, String)>> {
+    let unparser = Unparser::new(&AthenaDialect);
+    let mut found = Vec::new();
+    plan.apply_with_subqueries(|node| {
+        let LogicalPlan::Extension(ext) = node else {
+            return Ok(TreeNodeRecursion::Continue);
+        };
+        let Some(barrier) = ext.node.as_any().downcast_ref::<PolicyBarrier>() else {
+            return Ok(TreeNodeRecursion::Continue);
+        };
+        barrier.input().apply(|inner| {
+            let exprs: Vec<Expr> = match inner {
+                LogicalPlan::Filter(filter) => split_conjunction(&filter.predicate)
+                    .into_iter()
+                    .cloned()
+                    .collect(),
+                LogicalPlan::TableScan(scan) => scan.filters.clone(),
+                LogicalPlan::Projection(projection) => projection
+                    .expr
+                    .iter()
+                    .map(|e| e.clone().unalias())
+                    .filter(|e| !matches!(e, Expr::Column(_)))
+                    .collect(),
+                _ => vec![],
+            };
+            for expr in exprs {
+                let expr = expr.transform_up(trino_expr)?.data;
+                let text = unparser.expr_to_sql(&expr)?.to_string();
+                found.push((barrier.table().to_string(), text));
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })?;
+        Ok(TreeNodeRecursion::Jump)
+    })?;
+    Ok(found)
+}
+
+/// SQL text without what the unparser writes differently by context: qualifiers, parentheses,
+/// white space.
+fn normalized(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                let mut ident = String::from('"');
+                for d in chars.by_ref() {
+                    ident.push(d);
+                    if d == '"' {
+                        break;
+                    }
+                }
+                // a quoted name followed by a dot qualifies the next one: drop it
+                if chars.peek() == Some(&'.') {
+                    chars.next();
+                } else {
+                    out.push_str(&ident);
+                }
+            }
+            '\'' => {
+                out.push(c);
+                for d in chars.by_ref() {
+                    out.push(d);
+                    if d == '\'' {
+                        break;
+                    }
+                }
+            }
+            '(' | ')' => {}
+            c if c.is_whitespace() => {}
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// The plan with a Projection of its own columns under its ORDER BY and LIMIT, where the
@@ -479,6 +574,36 @@ mod cases {
             return None;
         }
         Some(super::to_athena_sql(&plan).expect("athena sql"))
+    }
+
+    #[tokio::test]
+    async fn sql_that_lost_a_row_filter_or_mask_is_refused() {
+        let lake = lake().await;
+        let identity = lake.identity_of("alice").expect("alice");
+        let session = lake.session_for(identity, None).await.expect("session");
+        let state = session.context.state();
+        let plan = state
+            .create_logical_plan("SELECT hcp_id, email FROM hcp")
+            .await
+            .expect("plan");
+        let plan = state.optimize(&plan).expect("optimize");
+        let policy = super::policy_expressions(&plan).expect("policy");
+        assert!(
+            policy.iter().any(|(_, e)| e.contains("sha256")),
+            "{policy:?}"
+        );
+        assert!(
+            policy.iter().any(|(_, e)| e.contains(" IN (")),
+            "{policy:?}"
+        );
+        let sql = super::to_athena_sql(&plan).expect("athena sql");
+        assert!(super::policy_kept(&sql, &policy).is_ok());
+        // (a check that the policy is there, not a proof of its meaning: the cases file shows
+        // where it sits)
+        let without_filter = sql.replace("IN ('DE', 'FR', 'DK', 'CH')", "IS NOT NULL");
+        assert!(super::policy_kept(&without_filter, &policy).is_err());
+        let without_mask = sql.replace("sha256", "identity");
+        assert!(super::policy_kept(&without_mask, &policy).is_err());
     }
 
     #[tokio::test]
