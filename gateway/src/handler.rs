@@ -322,6 +322,8 @@ where
     PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
 {
     let mut notices = session.notices.receiver().await;
+    // Progress of earlier work nobody waited on (a cursor's query) is old news now.
+    while notices.try_recv().is_ok() {}
     let timeout = deadline_passed(deadline);
     let client_gone = client_left(peer);
     tokio::pin!(timeout);

@@ -92,18 +92,21 @@ enum Command {
 
 #[derive(Subcommand)]
 enum CatalogCommand {
-    /// Register a Parquet prefix in S3 as a Glue table (schema read from the files) and add a
-    /// partition for each KEY=value folder Glue does not have yet. Safe to run after every load.
-    /// Uses the configuration's aws section and the caller's own AWS credentials.
+    /// Register Parquet files as a table, schema read from the files. In a database of the
+    /// catalog file: a local folder, written into the file (partitions are its KEY=value folders).
+    /// Otherwise in Glue: an S3 prefix, with a partition for each KEY=value folder Glue does not
+    /// have yet (uses the aws section and the caller's own AWS credentials). Safe to run after
+    /// every load.
     Register {
         #[arg(long, short, env = "LAKEGATE_CONFIG")]
         config: PathBuf,
-        /// Glue database (must exist).
+        /// The database (must exist): one of the catalog file's, or a Glue database.
         #[arg(long)]
         database: String,
         #[arg(long)]
         table: String,
-        /// s3://bucket/prefix/ holding the Parquet files (or KEY=value folders of them).
+        /// s3://bucket/prefix/ (Glue) or a folder relative to the catalog file (local), holding
+        /// the Parquet files (or KEY=value folders of them).
         #[arg(long)]
         location: String,
         /// The partition key of the KEY=value folders, e.g. sale_date (daily dates become `date`).
@@ -173,18 +176,6 @@ async fn run(command: Command) -> Result<(), StartupError> {
                 },
         } => {
             let loaded = Config::load(&config)?;
-            let Some(aws_config) = &loaded.aws else {
-                return Err(StartupError::Config {
-                    path: config,
-                    message: "catalog register needs an aws section".into(),
-                });
-            };
-            let aws = aws::Aws::new(aws_config)
-                .await
-                .map_err(|message| StartupError::Config {
-                    path: config.clone(),
-                    message,
-                })?;
             let mut params = std::collections::BTreeMap::new();
             for p in parameters {
                 let (k, v) = p.split_once('=').ok_or_else(|| {
@@ -200,17 +191,45 @@ async fn run(command: Command) -> Result<(), StartupError> {
                 description,
                 parameters: params,
             };
-            let done = register::register(&aws, &what)
-                .await
-                .map_err(StartupError::Other)?;
+            // A database of the catalog file gets the table there; any other is Glue's.
+            let local_file = loaded.catalog.clone().filter(|file| {
+                LocalCatalog::load(file)
+                    .is_ok_and(|c| c.catalog().database(&what.database).is_some())
+            });
+            let done = match (&local_file, &loaded.aws) {
+                (Some(file), _) => register::register_local(file, &what).await,
+                (None, Some(aws_config)) => {
+                    let aws = aws::Aws::new(aws_config)
+                        .await
+                        .map_err(|message| StartupError::Config {
+                            path: config.clone(),
+                            message,
+                        })?;
+                    register::register(&aws, &what).await
+                }
+                (None, None) => Err(format!(
+                    "database {} is not in the catalog file, and registering in Glue needs an aws section",
+                    what.database
+                )),
+            }
+            .map_err(StartupError::Other)?;
+            let partitions = if local_file.is_some() {
+                format!(
+                    "{} partition folder(s), read at query time",
+                    done.partitions_present
+                )
+            } else {
+                format!(
+                    "{} partition(s) added, {} already registered",
+                    done.partitions_added, done.partitions_present
+                )
+            };
             println!(
-                "{} {}.{}: {} column(s); {} partition(s) added, {} already registered",
+                "{} {}.{}: {} column(s); {partitions}",
                 if done.created { "created" } else { "kept" },
                 what.database,
                 what.table,
                 done.columns,
-                done.partitions_added,
-                done.partitions_present
             );
             Ok(())
         }

@@ -3,6 +3,7 @@
 //! `key=value` folder under the prefix becomes a partition. Running it again adds only the
 //! partitions Glue does not have yet, so a daily job can call it after every load.
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::sync::Arc;
 
 use aws_sdk_glue::error::DisplayErrorContext;
@@ -229,11 +230,31 @@ async fn file_columns(
     let context = SessionContext::new();
     let url = ObjectStoreUrl::parse(format!("s3://{bucket}")).map_err(|e| e.to_string())?;
     context.register_object_store(url.as_ref(), store);
+    inferred_columns(&context, location, what.partition_key.as_deref())
+        .await?
+        .into_iter()
+        .map(|(name, glue_type)| {
+            GlueColumn::builder()
+                .name(name)
+                .r#type(glue_type)
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .collect()
+}
+
+/// The data columns (name, Glue type) of the Parquet files under `location`, read through the
+/// stores of `context`; the partition key's folders are not a file column.
+async fn inferred_columns(
+    context: &SessionContext,
+    location: &str,
+    partition_key: Option<&str>,
+) -> Result<Vec<(String, String)>, String> {
     let mut options =
         ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
-    if let Some(key) = &what.partition_key {
+    if let Some(key) = partition_key {
         options = options.with_table_partition_cols(vec![(
-            key.clone(),
+            key.to_string(),
             datafusion::arrow::datatypes::DataType::Utf8,
         )]);
     }
@@ -254,7 +275,7 @@ async fn file_columns(
     schema
         .fields()
         .iter()
-        .filter(|f| what.partition_key.as_deref() != Some(f.name().as_str()))
+        .filter(|f| partition_key != Some(f.name().as_str()))
         .map(|field| {
             let glue_type = arrow_to_glue_type(field.data_type()).ok_or_else(|| {
                 format!(
@@ -263,13 +284,185 @@ async fn file_columns(
                     field.data_type()
                 )
             })?;
-            GlueColumn::builder()
-                .name(field.name())
-                .r#type(glue_type)
-                .build()
-                .map_err(|e| e.to_string())
+            Ok((field.name().clone(), glue_type))
         })
         .collect()
+}
+
+/// Registers a local folder of Parquet files as a table of a database in the catalog file.
+/// Partitions of local tables are found by listing their folders at query time, so there is
+/// nothing to add for them: an existing table is kept as it is, and a new one is written into
+/// the file (the rest of the file, comments included, stays as it was).
+pub async fn register_local(
+    catalog_file: &Path,
+    what: &Registration,
+) -> Result<Registered, String> {
+    let catalog = lakegate_catalog::LocalCatalog::load(catalog_file).map_err(|e| e.to_string())?;
+    if what.location.contains("://") {
+        return Err(format!(
+            "{}: a table of the catalog file is registered from a local folder; register S3 prefixes in Glue",
+            what.location
+        ));
+    }
+    let base = catalog_file.parent().unwrap_or(Path::new("."));
+    let folder = base.join(&what.location);
+    let folder = folder
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", folder.display()))?;
+    let mut partitions = BTreeSet::new();
+    if let Some(key) = &what.partition_key {
+        for entry in std::fs::read_dir(&folder).map_err(|e| format!("{}: {e}", folder.display()))? {
+            let name = entry.map_err(|e| e.to_string())?.file_name();
+            let name = name.to_string_lossy();
+            match name.split_once('=') {
+                Some((k, v)) if k == key && !v.is_empty() => {
+                    partitions.insert(v.to_string());
+                }
+                _ if name.starts_with('.') || name.starts_with('_') => {}
+                _ => {
+                    return Err(format!(
+                        "{name} under the location is not a {key}=value partition folder"
+                    ));
+                }
+            }
+        }
+    }
+    let Some(database) = catalog.catalog().database(&what.database) else {
+        return Err(format!(
+            "database {} is not in the catalog file {}",
+            what.database,
+            catalog_file.display()
+        ));
+    };
+    if let Some(table) = database.table(&what.table) {
+        return Ok(Registered {
+            created: false,
+            columns: table.columns.len(),
+            partitions_added: 0,
+            partitions_present: partitions.len(),
+        });
+    }
+    let url = format!("{}/", folder.display());
+    let columns =
+        inferred_columns(&SessionContext::new(), &url, what.partition_key.as_deref()).await?;
+    let key_type = if !partitions.is_empty() && partitions.iter().all(|v| is_date(v)) {
+        "date"
+    } else {
+        "string"
+    };
+    let text = std::fs::read_to_string(catalog_file).map_err(|e| e.to_string())?;
+    let entry = table_yaml(what, &columns, key_type);
+    let updated = insert_table(&text, &what.database, &entry)?;
+    // Written only if the result loads and holds the table, through a temporary file.
+    let temporary = catalog_file.with_extension("yaml.lakegate-new");
+    std::fs::write(&temporary, &updated).map_err(|e| e.to_string())?;
+    let check = lakegate_catalog::LocalCatalog::load(&temporary);
+    let holds = check.as_ref().is_ok_and(|c| {
+        c.catalog()
+            .database(&what.database)
+            .and_then(|d| d.table(&what.table))
+            .is_some()
+    });
+    if !holds {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(format!(
+            "could not add the table to {} without breaking it: add it by hand",
+            catalog_file.display()
+        ));
+    }
+    std::fs::rename(&temporary, catalog_file).map_err(|e| e.to_string())?;
+    Ok(Registered {
+        created: true,
+        columns: columns.len(),
+        partitions_added: 0,
+        partitions_present: partitions.len(),
+    })
+}
+
+/// A table entry of the catalog file (YAML flow style; names and texts quoted as JSON, which
+/// YAML reads as it is).
+fn table_yaml(what: &Registration, columns: &[(String, String)], key_type: &str) -> Vec<String> {
+    let q = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| format!("{s:?}"));
+    let mut lines = vec![format!("- name: {}", q(&what.table))];
+    if let Some(description) = &what.description {
+        lines.push(format!("  description: {}", q(description)));
+    }
+    lines.push(format!("  location: {}", q(&what.location)));
+    lines.push("  columns:".into());
+    for (name, glue_type) in columns {
+        lines.push(format!(
+            "    - {{ name: {}, type: {} }}",
+            q(name),
+            q(glue_type)
+        ));
+    }
+    if let Some(key) = &what.partition_key {
+        lines.push("  partition_keys:".into());
+        lines.push(format!("    - {{ name: {}, type: {key_type} }}", q(key)));
+    }
+    if !what.parameters.is_empty() {
+        lines.push("  parameters:".into());
+        for (k, v) in &what.parameters {
+            lines.push(format!("    {}: {}", q(k), q(v)));
+        }
+    }
+    lines
+}
+
+/// `text` (a catalog file) with `entry` appended to the tables of `database`. The database is
+/// the `- name: DATABASE` item of the least indentation; its tables list ends where a line of
+/// no more indentation than the item starts.
+fn insert_table(text: &str, database: &str, entry: &[String]) -> Result<String, String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let names = |l: &str| l.trim_start().starts_with("- name:");
+    let top = lines
+        .iter()
+        .filter(|l| names(l))
+        .map(|l| indent(l))
+        .min()
+        .ok_or("the catalog file lists no databases")?;
+    let is_database = |l: &str| {
+        indent(l) == top
+            && l.trim_start()
+                .strip_prefix("- name:")
+                .map(|n| n.trim().trim_matches(['"', '\'']))
+                == Some(database)
+    };
+    let start = lines
+        .iter()
+        .position(|l| is_database(l))
+        .ok_or_else(|| format!("database {database} not found in the catalog file"))?;
+    let end = lines[start + 1..]
+        .iter()
+        .position(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#') && indent(l) <= top)
+        .map_or(lines.len(), |i| start + 1 + i);
+    let tables = (start + 1..end)
+        .find(|&i| lines[i].trim_start().starts_with("tables:"))
+        .ok_or_else(|| format!("database {database} has no `tables:` list in the catalog file"))?;
+    if lines[tables].trim() != "tables:" {
+        return Err(format!(
+            "database {database}'s tables are not a block list in the catalog file"
+        ));
+    }
+    let item_indent = (tables + 1..end)
+        .find(|&i| names(lines[i]))
+        .map_or(indent(lines[tables]) + 2, |i| indent(lines[i]));
+    // after the last line of the database's block that is neither empty nor a comment (a
+    // comment there usually heads what follows)
+    let mut at = end;
+    while at > tables + 1
+        && (lines[at - 1].trim().is_empty() || lines[at - 1].trim_start().starts_with('#'))
+    {
+        at -= 1;
+    }
+    let pad = " ".repeat(item_indent);
+    let mut out: Vec<String> = lines[..at].iter().map(|l| l.to_string()).collect();
+    out.extend(entry.iter().map(|l| format!("{pad}{l}")));
+    out.extend(lines[at..].iter().map(|l| l.to_string()));
+    let mut text = out.join("\n");
+    text.push('\n');
+    Ok(text)
 }
 
 fn is_date(value: &str) -> bool {
@@ -282,6 +475,25 @@ fn is_date(value: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn new_tables_go_to_the_end_of_their_database() {
+        let text = "# catalog\ndatabases:\n  - name: gtm\n    tables:\n      - name: a\n        columns: []\n\n  # next\n  - name: demo\n    tables:\n      - name: b\n        columns: []\n";
+        let entry = vec!["- name: \"c\"".to_string(), "  columns: []".to_string()];
+        let out = insert_table(text, "gtm", &entry).expect("inserted");
+        assert_eq!(
+            out,
+            "# catalog\ndatabases:\n  - name: gtm\n    tables:\n      - name: a\n        columns: []\n      - name: \"c\"\n        columns: []\n\n  # next\n  - name: demo\n    tables:\n      - name: b\n        columns: []\n"
+        );
+        let last = insert_table(text, "demo", &entry).expect("inserted");
+        assert!(
+            last.ends_with(
+                "      - name: b\n        columns: []\n      - name: \"c\"\n        columns: []\n"
+            ),
+            "{last}"
+        );
+        assert!(insert_table(text, "nope", &entry).is_err());
+    }
 
     #[test]
     fn daily_partition_values_are_dates() {
