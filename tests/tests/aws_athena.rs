@@ -318,16 +318,17 @@ async fn queries_athena_cannot_keep_policy_for_run_in_the_gateway() {
     let moto = Moto::start();
     let gateway = start(&moto, "");
     let alice = gateway.connect("alice").await;
-    // A row filter (EU only) and a predicate of the query: Athena could evaluate the predicate
-    // on rows the filter removes, so the gateway's engine runs it, over S3 with alice's role.
+    // A row filter (EU only) and a predicate of the query that can fail (division): Athena could
+    // evaluate it on rows the filter removes, so the gateway's engine runs it, over S3 with
+    // alice's role.
     let local = Gateway::start_with_policy(&reader_policy());
     let expected = rows(
         &local.connect("alice").await,
-        "SELECT count(*) FROM sales WHERE units > 3",
+        "SELECT count(*) FROM sales WHERE 10 / units > 3",
     )
     .await
     .expect("local");
-    let got = rows(&alice, "SELECT count(*) FROM sales WHERE units > 3")
+    let got = rows(&alice, "SELECT count(*) FROM sales WHERE 10 / units > 3")
         .await
         .expect("in the gateway");
     assert_eq!(got, expected);
@@ -340,4 +341,18 @@ async fn queries_athena_cannot_keep_policy_for_run_in_the_gateway() {
     .expect("catalog");
     assert_eq!(tables, ["3"]);
     assert!(started(&moto).is_empty(), "{:#?}", started(&moto));
+
+    // A predicate that cannot fail goes to Athena, beside the row filter.
+    moto.queue_athena_result(&[cells(&["count"]), cells(&["7"])]);
+    let got = rows(&alice, "SELECT count(*) FROM sales WHERE units > 3")
+        .await
+        .expect("on Athena");
+    assert_eq!(got, ["7"]);
+    let sent = started(&moto);
+    let sql = sent[0]["json"]["QueryString"].as_str().expect("sql");
+    assert!(sql.contains(r#""units" > 3"#), "{sql}");
+    assert!(
+        sql.contains(r#""country" IN ('DE', 'FR', 'DK', 'CH')"#),
+        "{sql}"
+    );
 }
