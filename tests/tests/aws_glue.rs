@@ -159,6 +159,15 @@ async fn glue_tables_are_served_like_local_ones() {
         text.contains("gtm.events") && text.contains("map<string,string>"),
         "{text}"
     );
+    // Partitions outside Hive's layout would be missed by listing: not served, and said why.
+    assert!(
+        text.contains("gtm.sales_dated") && text.contains("Hive's layout"),
+        "{text}"
+    );
+    assert_eq!(
+        sqlstate(rows(&carol, "SELECT count(*) FROM gtm.sales_dated").await),
+        "42P01"
+    );
 }
 
 #[tokio::test]

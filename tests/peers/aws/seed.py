@@ -13,8 +13,9 @@ platform team would set it up for Lakegate:
   `gtm`: its tables with columns, comments, parameters, partition keys and daily partitions; its
   view as Athena's CREATE VIEW stores one, in Presto's encoding),
   plus `gtm.regions`, a CSV table with a header line, `gtm.sales_ctas`, the sales files named as
-  Athena's CTAS names them (no extension, `_SUCCESS` beside them), and `gtm.events`, a table with
-  a column type Lakegate does not serve (map).
+  Athena's CTAS names them (no extension, `_SUCCESS` beside them), `gtm.sales_dated`, with a
+  partition outside Hive's key=value layout, and `gtm.events`, a table with a column type
+  Lakegate does not serve (map).
 
 Prints one JSON object: the access keys of the gateway and of the admin user.
 
@@ -269,6 +270,34 @@ glue.create_table(
             **PARQUET,
         },
     },
+)
+# `gtm.sales_dated`: partitions registered at locations outside Hive's key=value layout.
+glue.create_table(
+    DatabaseName="gtm",
+    TableInput={
+        "Name": "sales_dated",
+        "TableType": "EXTERNAL_TABLE",
+        "PartitionKeys": [glue_column(c) for c in sales_table["partition_keys"]],
+        "StorageDescriptor": {
+            "Columns": [glue_column(c) for c in sales_table["columns"]],
+            "Location": f"s3://{BUCKET}/dated/sales/",
+            **PARQUET,
+        },
+    },
+)
+glue.batch_create_partition(
+    DatabaseName="gtm",
+    TableName="sales_dated",
+    PartitionInputList=[
+        {
+            "Values": ["2026-01-01"],
+            "StorageDescriptor": {
+                "Columns": [glue_column(c) for c in sales_table["columns"]],
+                "Location": f"s3://{BUCKET}/dated/sales/2026/01/01/",
+                **PARQUET,
+            },
+        }
+    ],
 )
 glue.create_table(
     DatabaseName="gtm",
