@@ -202,7 +202,7 @@ async fn athena_results_are_typed_by_the_plan_in_both_protocols() {
 
 // multi-threaded: the test waits (blocking, bounded) while a query runs in another task
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn long_queries_report_progress_and_stop_when_cancelled() {
+async fn long_queries_report_progress_and_stop_when_cancelled_or_left() {
     let moto = Moto::start();
     let gateway = start(
         &moto,
@@ -257,6 +257,30 @@ async fn long_queries_report_progress_and_stop_when_cancelled() {
     // The connection serves the next statement.
     assert_eq!(rows(&carol, "SELECT 1").await.expect("next"), ["1"]);
 
+    // A client that goes away (psql killed) stops it too.
+    let mut psql = std::process::Command::new("psql")
+        .arg(gateway.conn_str("carol", "carol"))
+        .args(["-X", "-c", "SELECT count(*) FROM sales_by_country"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("psql must be installed");
+    assert!(
+        wait_until(Duration::from_secs(20), || polled_ids(&moto).len() == 3),
+        "psql's query was started and polled"
+    );
+    psql.kill().expect("kill psql");
+    let _ = psql.wait();
+    let id = polled_ids(&moto)[2].clone();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            moto.json_calls("AmazonAthena.StopQueryExecution")
+                .iter()
+                .any(|c| c["json"]["QueryExecutionId"] == id.as_str())
+        }),
+        "StopQueryExecution for the query of the client that left"
+    );
+
     // The statement timeout stops it the same way.
     rows(&carol, "SET statement_timeout = 300")
         .await
@@ -265,9 +289,9 @@ async fn long_queries_report_progress_and_stop_when_cancelled() {
     assert_eq!(sqlstate(result), "57014");
     assert!(
         wait_until(Duration::from_secs(10), || {
-            moto.json_calls("AmazonAthena.StopQueryExecution").len() == 2
+            moto.json_calls("AmazonAthena.StopQueryExecution").len() == 3
         }),
-        "a second StopQueryExecution"
+        "a third StopQueryExecution"
     );
 }
 
