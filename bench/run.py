@@ -147,7 +147,28 @@ class Bench:
         self.procs.append(proc)
         wait_for_port(self.bouncer_port, proc)
 
+    def start_oidc(self):
+        """The tests' OpenID provider (npm oidc-provider): RS256 JWT access tokens for frank
+        (group gtm-stewards, a steward like carol), checked by the gateway on every login."""
+        script = ROOT / "tests" / "peers" / "oidc" / "provider.mjs"
+        if not (script.parent / "node_modules" / "oidc-provider").exists():
+            raise SystemExit("oidc-provider missing: run scripts/setup-clients (npm ci in tests/peers/oidc)")
+        proc = subprocess.Popen(["node", str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True)
+        self.procs.append(proc)
+        self.issuer, self.tokens = None, {}
+        while len(self.tokens) < 2:
+            line = proc.stdout.readline()
+            if not line:
+                raise SystemExit("the OpenID provider did not start")
+            parts = line.split()
+            if parts[:1] == ["issuer"]:
+                self.issuer = parts[1]
+            elif parts[:1] == ["token"]:
+                self.tokens[parts[1]] = parts[2]
+
     def start_gateway(self):
+        self.start_oidc()
         gw = self.tmp / "gw"
         gw.mkdir()
         config = (QUICKSTART / "lakegate.yaml").read_text()
@@ -155,6 +176,7 @@ class Bench:
                   .replace("policy: policy", f"policy: {QUICKSTART / 'policy'}")
                   .replace("cert: certs/server.crt", f"cert: {gw / 'server.crt'}")
                   .replace("key: certs/server.key", f"key: {gw / 'server.key'}"))
+        config += f"\noidc:\n  - issuer: {self.issuer}\n    audience: urn:lakegate\n"
         (gw / "lakegate.yaml").write_text(config)
         subprocess.run([self.args.gateway, "generate-demo", "--dir", str(QUICKSTART)], check=True)
         proc = subprocess.Popen([self.args.gateway, "serve", "--listen", "127.0.0.1:0", "--config",
@@ -182,6 +204,11 @@ class Bench:
     def gw_url(self):
         # carol: a steward, unmasked and unfiltered, so every system does the same work
         return f"host=127.0.0.1 port={self.gw_port} dbname=gtm user=carol password=carol sslmode=require"
+
+    def gw_token_url(self):
+        # frank: a steward known only to the OpenID provider; his JWT is the password
+        return (f"host=127.0.0.1 port={self.gw_port} dbname=gtm user=frank "
+                f"password={self.tokens['frank']} sslmode=require")
 
     def systems(self):
         return [("lakegate", self.gw_url()), ("postgresql", self.pg_url()), ("pgbouncer", self.bouncer_url())]
@@ -233,6 +260,15 @@ class Bench:
         for system, url in self.systems()[:2]:
             row[system] = self.repeat(lambda: self.pgbench(url, "SELECT 1;\n", 4, seconds, connect_each=True), runs)
         self.results.append(("connections", "new connection + SCRAM + TLS + SELECT 1, 4 clients", row))
+        # A company token as the password: the gateway verifies the JWT (signature, issuer,
+        # audience, expiry) against the provider's cached JWKS on every login.
+        token_row = {
+            "lakegate": self.repeat(lambda: self.pgbench(self.gw_token_url(), "SELECT 1;\n", 4, seconds,
+                                                         connect_each=True), runs),
+            "postgresql": row["postgresql"],
+        }
+        self.results.append(("connections", "new connection + OIDC token (JWT) + TLS + SELECT 1, 4 clients; "
+                              "PostgreSQL with SCRAM", token_row))
 
     def bench_stream(self):
         rows = 100_000 if self.smoke else 10_000_000
