@@ -245,8 +245,18 @@ async fn run(
         id: id.clone(),
         finished: false,
     };
-    let location = wait(&user, &client, &id).await.map_err(external)?;
-    running.finished = true;
+    let waited = wait(&user, &client, &id).await;
+    // A query Athena ended (succeeded, failed, stopped) needs no stop; one whose state is
+    // unknown (polling failed) is stopped, as is any the client leaves.
+    running.finished = matches!(
+        waited,
+        Ok(_)
+            | Err(AthenaError::CancelledElsewhere(_))
+            | Err(AthenaError::Failed(_))
+            | Err(AthenaError::DivisionByZero)
+            | Err(AthenaError::Resources)
+    );
+    let location = waited.map_err(external)?;
     let results_failed = |why: String| {
         tracing::warn!(query_id = %id, %why, "cannot read Athena results");
         external(AthenaError::Results {
