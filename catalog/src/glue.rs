@@ -51,14 +51,7 @@ pub async fn load_glue(
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| glue_error(DisplayErrorContext(&e).to_string()))?;
             for table in page.table_list() {
-                let served = match table_of(name, table) {
-                    Ok(served) if !served.partition_keys.is_empty() => {
-                        hive_layout(client, catalog_id, name, &served)
-                            .await
-                            .map(|()| served)
-                    }
-                    other => other,
-                };
+                let served = table_of(name, table);
                 match served {
                     Ok(table) => tables.push(table),
                     Err(why) => {
@@ -77,50 +70,6 @@ pub async fn load_glue(
         });
     }
     Ok(load)
-}
-
-/// Checks that a partitioned table's partitions are the `key=value` folders under its location
-/// (Hive's layout, which Glue crawlers, Athena and Spark write): the gateway finds partitions by
-/// listing those folders, and would silently miss partitions stored anywhere else. Reads the
-/// first page of partitions.
-async fn hive_layout(
-    client: &Client,
-    catalog_id: Option<&str>,
-    database: &str,
-    table: &Table,
-) -> Result<(), String> {
-    let page = client
-        .get_partitions()
-        .set_catalog_id(catalog_id.map(str::to_string))
-        .database_name(database)
-        .table_name(&table.name)
-        .max_results(100)
-        .send()
-        .await
-        .map_err(|e| format!("GetPartitions: {}", DisplayErrorContext(&e)))?;
-    let root = format!("{}/", table.location.trim_end_matches('/'));
-    for partition in page.partitions() {
-        let Some(location) = partition.storage_descriptor().and_then(|s| s.location()) else {
-            continue;
-        };
-        let expected: String = table
-            .partition_keys
-            .iter()
-            .zip(partition.values())
-            .map(|(key, value)| format!("{}={value}/", key.name))
-            .collect();
-        let relative = location
-            .strip_prefix(&root)
-            .map(|r| format!("{}/", r.trim_end_matches('/')));
-        if relative.as_deref() != Some(expected.as_str()) {
-            return Err(format!(
-                "partition {:?} is stored at {location}, not in the table's {root}{expected}: \
-                 only partitions in Hive's layout are served",
-                partition.values()
-            ));
-        }
-    }
-    Ok(())
 }
 
 fn sorted(map: Option<&HashMap<String, String>>) -> BTreeMap<String, String> {
@@ -202,6 +151,7 @@ fn table_of(database: &str, table: &GlueTable) -> Result<Table, String> {
         partition_keys,
         // Athena, Hive and Spark name data files without (or with other) extensions.
         file_names: FileNames::Any,
+        from_glue: true,
         parameters,
     })
 }
@@ -263,6 +213,7 @@ fn view_of(database: &str, table: &GlueTable) -> Result<Table, String> {
         columns,
         partition_keys: vec![],
         file_names: FileNames::default(),
+        from_glue: true,
         parameters: sorted(table.parameters())
             .into_iter()
             // Athena's own markers, not business metadata

@@ -6,12 +6,14 @@
 
 mod error;
 mod glue;
+mod glue_table;
 mod local;
 mod model;
 mod types;
 
 pub use error::CatalogError;
 pub use glue::{GlueLoad, load_glue};
+pub use glue_table::{GlueRef, GlueTable, glue_expression};
 pub use local::LocalCatalog;
 pub use model::{Catalog, Column, CsvLayout, Database, FileNames, Table, TableFormat};
 pub use types::{arrow_to_glue_type, glue_type_to_arrow};

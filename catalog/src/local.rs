@@ -11,6 +11,7 @@ use datafusion::datasource::listing::{
 };
 
 use crate::error::CatalogError;
+use crate::glue_table::{GlueRef, GlueTable};
 use crate::model::{Catalog, Database, FileNames, Table, TableFormat};
 
 /// The file names Hive and Athena count as data: any not starting with `_` or `.` (DataFusion
@@ -114,10 +115,13 @@ impl LocalCatalog {
 
     /// A DataFusion table over the table's files. This is the *raw* table: only the policy
     /// rewrite may scan it, so it is never registered in a user's session by name.
+    /// The DataFusion table of `table`. A partitioned table from Glue, given `glue`, reads the
+    /// partitions Glue names (`GlueTable`); any other lists its location.
     pub fn table_provider(
         &self,
         database: &str,
         table: &Table,
+        glue: Option<GlueRef>,
     ) -> Result<Arc<dyn TableProvider>, CatalogError> {
         let provider_error = |source| CatalogError::Provider {
             database: database.to_string(),
@@ -165,9 +169,20 @@ impl LocalCatalog {
             .iter()
             .filter_map(|c| glue_type_to_arrow(&c.data_type).map(|t| Field::new(&c.name, t, true)))
             .collect();
+        let file_schema: SchemaRef = Arc::new(Schema::new(file_fields));
+        if let Some(glue) = glue.filter(|_| table.from_glue && !table.partition_keys.is_empty())
+            && let Some(bucket) = table
+                .location
+                .strip_prefix("s3://")
+                .and_then(|rest| rest.split('/').next())
+        {
+            let table =
+                GlueTable::new(glue, bucket, options, file_schema).map_err(provider_error)?;
+            return Ok(Arc::new(table));
+        }
         let config = ListingTableConfig::new(url)
             .with_listing_options(options)
-            .with_schema(Arc::new(Schema::new(file_fields)));
+            .with_schema(file_schema);
         let listing = ListingTable::try_new(config).map_err(provider_error)?;
         Ok(Arc::new(listing))
     }

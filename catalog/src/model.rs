@@ -52,6 +52,9 @@ pub struct Table {
     /// format's extension (`.parquet`, `.csv`, `.json`).
     #[serde(default)]
     pub file_names: FileNames,
+    /// Read from the Glue Data Catalog (not the catalog file): its partitions come from Glue.
+    #[serde(skip)]
+    pub from_glue: bool,
     #[serde(default)]
     pub parameters: BTreeMap<String, String>,
 }

@@ -59,15 +59,27 @@ pub struct Tables {
 }
 
 impl Tables {
-    pub fn new(catalog: LocalCatalog, aws: bool) -> Result<Tables, StartupError> {
+    /// `glue_catalog_id`: the Glue catalog the configuration reads (its partitions too).
+    pub fn new(
+        catalog: LocalCatalog,
+        aws: Option<&Aws>,
+        glue_catalog_id: Option<String>,
+    ) -> Result<Tables, StartupError> {
         let mut raw = BTreeMap::new();
         let mut buckets = BTreeMap::new();
+        let glue = aws.map(|aws| aws_sdk_glue::Client::new(&aws.sdk));
         for db in &catalog.catalog().databases {
             for table in db.tables.iter().filter(|t| !t.is_view()) {
-                let provider = catalog.table_provider(&db.name, table)?;
+                let glue = glue.as_ref().map(|client| lakegate_catalog::GlueRef {
+                    client: client.clone(),
+                    catalog_id: glue_catalog_id.clone(),
+                    database: db.name.clone(),
+                    table: table.name.clone(),
+                });
+                let provider = catalog.table_provider(&db.name, table, glue)?;
                 raw.insert((db.name.clone(), table.name.clone()), provider);
                 if let Some(bucket) = crate::aws::bucket_of(&table.location) {
-                    if !aws {
+                    if aws.is_none() {
                         return Err(StartupError::Other(format!(
                             "table {}.{} is stored in S3 ({}), but the configuration has no aws section",
                             db.name, table.name, table.location
@@ -119,7 +131,8 @@ impl Lake {
         policy: PolicySet,
         aws: Option<Arc<Aws>>,
     ) -> Result<Lake, StartupError> {
-        let tables = Tables::new(catalog, aws.is_some())?;
+        let glue_catalog_id = config.glue.as_ref().and_then(|g| g.catalog_id.clone());
+        let tables = Tables::new(catalog, aws.as_deref(), glue_catalog_id)?;
         let default_schema = config
             .default_schema
             .clone()

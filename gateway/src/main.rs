@@ -370,7 +370,9 @@ async fn refresh_catalog(lake: Arc<Lake>, every: std::time::Duration) {
         let loaded = load_catalog(&lake.config, lake.aws.as_deref())
             .await
             .and_then(|(catalog, _)| {
-                lake::Tables::new(catalog, lake.aws.is_some()).map_err(|e| e.to_string())
+                let catalog_id = lake.config.glue.as_ref().and_then(|g| g.catalog_id.clone());
+                lake::Tables::new(catalog, lake.aws.as_deref(), catalog_id)
+                    .map_err(|e| e.to_string())
             });
         match loaded {
             Ok(tables) => {

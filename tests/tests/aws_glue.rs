@@ -159,14 +159,50 @@ async fn glue_tables_are_served_like_local_ones() {
         text.contains("gtm.events") && text.contains("map<string,string>"),
         "{text}"
     );
-    // Partitions outside Hive's layout would be missed by listing: not served, and said why.
-    assert!(
-        text.contains("gtm.sales_dated") && text.contains("Hive's layout"),
-        "{text}"
-    );
+    // Partitions come from Glue, wherever they are stored (here `.../2026/01/01/`, not Hive's
+    // `sale_date=2026-01-01/`); a partition predicate becomes GetPartitions' expression.
+    assert!(!text.contains("gtm.sales_dated"), "{text}");
+    let day = "SELECT count(*), sum(units) FROM gtm.";
     assert_eq!(
-        sqlstate(rows(&carol, "SELECT count(*) FROM gtm.sales_dated").await),
-        "42P01"
+        rows(&carol, &format!("{day}sales_dated"))
+            .await
+            .expect("dated"),
+        rows(
+            &carol,
+            &format!("{day}sales WHERE sale_date = DATE '2026-01-01'")
+        )
+        .await
+        .expect("sales"),
+    );
+    let before = moto.requests().len();
+    let one_day = rows(
+        &carol,
+        "SELECT count(*), sum(units) FROM gtm.sales WHERE sale_date = DATE '2026-01-03'",
+    )
+    .await
+    .expect("one day");
+    assert_ne!(one_day, ["0|NULL"]);
+    let requests = moto.requests();
+    let asked: Vec<&serde_json::Value> = requests[before..]
+        .iter()
+        .filter(|r| r["target"] == "AWSGlue.GetPartitions")
+        .collect();
+    assert!(
+        asked
+            .iter()
+            .any(|r| r["json"]["Expression"] == "sale_date = '2026-01-03'"),
+        "{asked:#?}"
+    );
+    let read: Vec<String> = requests[before..]
+        .iter()
+        .filter(|r| r["service"] == "s3" && r["method"] == "GET")
+        .filter_map(|r| r["path"].as_str().map(|p| p.replace("%3D", "=")))
+        .filter(|p| p.starts_with("/lake-gtm/gtm/sales/"))
+        .collect();
+    assert!(!read.is_empty(), "{:#?}", &requests[before..]);
+    assert!(
+        read.iter().all(|p| p.contains("sale_date=2026-01-03/")),
+        "{read:#?}"
     );
 }
 
@@ -307,14 +343,30 @@ async fn registration_creates_the_table_and_adds_only_new_partitions() {
             .await
             .expect("sales columns")
     );
+    // Partitions are Glue's, as Athena reads them: sales_copy has the new day registered,
+    // sales (same folder) does not, so only sales_copy reads it.
     let summary = "SELECT count(*), count(DISTINCT sale_date), sum(amount) FROM gtm.";
     assert_eq!(
-        rows(&carol, &format!("{summary}sales_copy"))
-            .await
-            .expect("copy"),
+        rows(
+            &carol,
+            &format!("{summary}sales_copy WHERE sale_date < DATE '2099-01-01'")
+        )
+        .await
+        .expect("copy"),
         rows(&carol, &format!("{summary}sales"))
             .await
             .expect("sales")
+    );
+    let days_of = |table: &str| format!("SELECT count(DISTINCT sale_date) FROM gtm.{table}");
+    assert_eq!(
+        rows(&carol, &days_of("sales_copy"))
+            .await
+            .expect("copy days"),
+        [(days + 1).to_string()]
+    );
+    assert_eq!(
+        rows(&carol, &days_of("sales")).await.expect("sales days"),
+        [days.to_string()]
     );
 
     // A prefix without Parquet files is refused, and nothing is created.

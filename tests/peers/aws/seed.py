@@ -13,8 +13,8 @@ platform team would set it up for Lakegate:
   `gtm`: its tables with columns, comments, parameters, partition keys and daily partitions; its
   view as Athena's CREATE VIEW stores one, in Presto's encoding),
   plus `gtm.regions`, a CSV table with a header line, `gtm.sales_ctas`, the sales files named as
-  Athena's CTAS names them (no extension, `_SUCCESS` beside them), `gtm.sales_dated`, with a
-  partition outside Hive's key=value layout, and `gtm.events`, a table with a column type
+  Athena's CTAS names them (no extension, `_SUCCESS` beside them; partitions registered),
+  `gtm.sales_dated`, with its one partition outside Hive's key=value layout, and `gtm.events`, a table with a column type
   Lakegate does not serve (map).
 
 Prints one JSON object: the access keys of the gateway and of the admin user.
@@ -271,7 +271,27 @@ glue.create_table(
         },
     },
 )
+glue.batch_create_partition(
+    DatabaseName="gtm",
+    TableName="sales_ctas",
+    PartitionInputList=[
+        {
+            "Values": [folder.name.split("=", 1)[1]],
+            "StorageDescriptor": {
+                "Columns": [glue_column(c) for c in sales_table["columns"]],
+                "Location": f"s3://{BUCKET}/athena-out/sales/{folder.name}/",
+                **PARQUET,
+            },
+        }
+        for folder in sorted(sales.glob("sale_date=*"))
+    ],
+)
+
 # `gtm.sales_dated`: partitions registered at locations outside Hive's key=value layout.
+first_day = sorted(sales.glob("sale_date=*"))[0]
+for path in sorted(first_day.glob("*.parquet")):
+    day = first_day.name.split("=", 1)[1]
+    s3.upload_file(str(path), BUCKET, f"dated/sales/{day.replace('-', '/')}/{path.name}")
 glue.create_table(
     DatabaseName="gtm",
     TableInput={
@@ -290,10 +310,10 @@ glue.batch_create_partition(
     TableName="sales_dated",
     PartitionInputList=[
         {
-            "Values": ["2026-01-01"],
+            "Values": [first_day.name.split("=", 1)[1]],
             "StorageDescriptor": {
                 "Columns": [glue_column(c) for c in sales_table["columns"]],
-                "Location": f"s3://{BUCKET}/dated/sales/2026/01/01/",
+                "Location": f"s3://{BUCKET}/dated/sales/{first_day.name.split('=', 1)[1].replace('-', '/')}/",
                 **PARQUET,
             },
         }
