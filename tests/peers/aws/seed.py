@@ -258,67 +258,54 @@ for path in sorted(sales.rglob("*.parquet")):
 s3.put_object(Bucket=BUCKET, Key="athena-out/sales/_SUCCESS", Body=b"")
 s3.put_object(Bucket=BUCKET, Key="athena-out/sales/.20260101.crc", Body=b"not parquet")
 sales_table = next(t for d in catalog["databases"] for t in d["tables"] if t["name"] == "sales")
-glue.create_table(
-    DatabaseName="gtm",
-    TableInput={
-        "Name": "sales_ctas",
-        "TableType": "EXTERNAL_TABLE",
-        "PartitionKeys": [glue_column(c) for c in sales_table["partition_keys"]],
-        "StorageDescriptor": {
-            "Columns": [glue_column(c) for c in sales_table["columns"]],
-            "Location": f"s3://{BUCKET}/athena-out/sales/",
-            **PARQUET,
-        },
-    },
-)
-glue.batch_create_partition(
-    DatabaseName="gtm",
-    TableName="sales_ctas",
-    PartitionInputList=[
-        {
-            "Values": [folder.name.split("=", 1)[1]],
+
+
+def sales_like_table(name, location, partitions):
+    """A table with the sales columns at `location`, and `partitions` ((day, location) pairs)."""
+    glue.create_table(
+        DatabaseName="gtm",
+        TableInput={
+            "Name": name,
+            "TableType": "EXTERNAL_TABLE",
+            "PartitionKeys": [glue_column(c) for c in sales_table["partition_keys"]],
             "StorageDescriptor": {
                 "Columns": [glue_column(c) for c in sales_table["columns"]],
-                "Location": f"s3://{BUCKET}/athena-out/sales/{folder.name}/",
+                "Location": location,
                 **PARQUET,
             },
-        }
-        for folder in sorted(sales.glob("sale_date=*"))
-    ],
+        },
+    )
+    glue.batch_create_partition(
+        DatabaseName="gtm",
+        TableName=name,
+        PartitionInputList=[
+            {
+                "Values": [day],
+                "StorageDescriptor": {
+                    "Columns": [glue_column(c) for c in sales_table["columns"]],
+                    "Location": where,
+                    **PARQUET,
+                },
+            }
+            for day, where in partitions
+        ],
+    )
+
+
+days = [folder.name.split("=", 1)[1] for folder in sorted(sales.glob("sale_date=*"))]
+sales_like_table(
+    "sales_ctas",
+    f"s3://{BUCKET}/athena-out/sales/",
+    [(day, f"s3://{BUCKET}/athena-out/sales/sale_date={day}/") for day in days],
 )
 
-# `gtm.sales_dated`: partitions registered at locations outside Hive's key=value layout.
-first_day = sorted(sales.glob("sale_date=*"))[0]
+# `gtm.sales_dated`: its partition registered at a location outside Hive's key=value layout.
+first_day = sales / f"sale_date={days[0]}"
+dated = f"s3://{BUCKET}/dated/sales/{days[0].replace('-', '/')}/"
 for path in sorted(first_day.glob("*.parquet")):
-    day = first_day.name.split("=", 1)[1]
-    s3.upload_file(str(path), BUCKET, f"dated/sales/{day.replace('-', '/')}/{path.name}")
-glue.create_table(
-    DatabaseName="gtm",
-    TableInput={
-        "Name": "sales_dated",
-        "TableType": "EXTERNAL_TABLE",
-        "PartitionKeys": [glue_column(c) for c in sales_table["partition_keys"]],
-        "StorageDescriptor": {
-            "Columns": [glue_column(c) for c in sales_table["columns"]],
-            "Location": f"s3://{BUCKET}/dated/sales/",
-            **PARQUET,
-        },
-    },
-)
-glue.batch_create_partition(
-    DatabaseName="gtm",
-    TableName="sales_dated",
-    PartitionInputList=[
-        {
-            "Values": [first_day.name.split("=", 1)[1]],
-            "StorageDescriptor": {
-                "Columns": [glue_column(c) for c in sales_table["columns"]],
-                "Location": f"s3://{BUCKET}/dated/sales/{first_day.name.split('=', 1)[1].replace('-', '/')}/",
-                **PARQUET,
-            },
-        }
-    ],
-)
+    s3.upload_file(str(path), BUCKET, dated.removeprefix(f"s3://{BUCKET}/") + path.name)
+sales_like_table("sales_dated", f"s3://{BUCKET}/dated/sales/", [(days[0], dated)])
+
 glue.create_table(
     DatabaseName="gtm",
     TableInput={
