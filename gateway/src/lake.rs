@@ -257,8 +257,9 @@ impl Lake {
         });
         let context = self.session_context(PolicyQueryPlanner {
             router: self.router.clone(),
-            user: identity.name.clone(),
+            identity: identity.clone(),
             personas: personas.clone(),
+            aws: self.aws.clone(),
             athena,
         });
         let state = context.state();
@@ -388,12 +389,31 @@ impl Lake {
 #[derive(Debug)]
 struct PolicyQueryPlanner {
     router: Arc<Router>,
-    user: String,
+    identity: Identity,
     personas: Vec<String>,
+    aws: Option<Arc<Aws>>,
     athena: Option<Arc<UserAthena>>,
 }
 
 impl PolicyQueryPlanner {
+    /// One line per query the gateway's engine runs over catalog tables: who, as which role
+    /// and SourceIdentity (tables in S3), and why it stayed here.
+    fn log_local(&self, tables: &std::collections::BTreeSet<(String, String)>, why: &str) {
+        let names: Vec<String> = tables.iter().map(|(d, t)| format!("{d}.{t}")).collect();
+        let (role, source_identity) = match &self.aws {
+            Some(aws) => (
+                aws.roles
+                    .single_role(&self.personas, tables.iter().map(|(d, _)| d))
+                    .map(|r| r.role_arn)
+                    .unwrap_or_else(|e| format!("none ({e})")),
+                aws.sessions.request_for(&self.identity).source_identity,
+            ),
+            None => ("none (local files)".to_string(), String::new()),
+        };
+        tracing::info!(user = %self.identity.name, engine = "local", tables = %names.join(","),
+            %role, %source_identity, why, "query runs in the gateway");
+    }
+
     fn remote_plan(&self, plan: &LogicalPlan) -> Option<Arc<dyn ExecutionPlan>> {
         // EXPLAIN shows the gateway's plan; it runs nothing anywhere.
         if matches!(
@@ -408,7 +428,7 @@ impl PolicyQueryPlanner {
             if let Route::Local(why) = route
                 && !tables.tables.is_empty()
             {
-                tracing::debug!(user = %self.user, engine = "local", why, "route");
+                self.log_local(&tables.tables, why);
             }
             return None;
         };
@@ -417,8 +437,7 @@ impl PolicyQueryPlanner {
         };
         let schema = Arc::new(plan.schema().as_arrow().clone());
         if !crate::athena::readable(&schema) {
-            tracing::info!(user = %self.user, engine = "local",
-                why = "a result type Athena's CSV results cannot carry", "route");
+            self.log_local(&tables, "a result type Athena's CSV results cannot carry");
             return None;
         }
         match crate::athena::sql::to_athena_sql(plan) {
@@ -433,8 +452,9 @@ impl PolicyQueryPlanner {
             }
             Err(error) => {
                 // The local engine reads the same tables; the user gets their answer.
-                tracing::info!(user = %self.user, engine = "local", error = %error.strip_backtrace(),
-                    why = "the plan has no Athena SQL", "route");
+                tracing::info!(user = %self.identity.name, error = %error.strip_backtrace(),
+                    "no Athena SQL for this plan");
+                self.log_local(&tables, "the plan has no Athena SQL");
                 None
             }
         }
