@@ -55,17 +55,25 @@ impl Lcg {
 }
 
 /// Writes the data set under `dir` (`dir/gtm/...`) unless it is already there.
+/// Safe when several processes or threads ask at once: each writes its own temporary folder
+/// and moves it in with one rename; the first wins, the others find the data there.
 pub fn ensure(dir: &Path) -> std::io::Result<bool> {
     if dir.join("gtm").exists() {
         return Ok(false);
     }
-    let tmp = dir.with_extension("tmp");
+    static WRITERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let writer = WRITERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.with_extension(format!("tmp-{}-{writer}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     write_all(&tmp).map_err(std::io::Error::other)?;
     std::fs::create_dir_all(dir)?;
-    std::fs::rename(tmp.join("gtm"), dir.join("gtm"))?;
+    let moved = std::fs::rename(tmp.join("gtm"), dir.join("gtm"));
     let _ = std::fs::remove_dir_all(&tmp);
-    Ok(true)
+    match moved {
+        Ok(()) => Ok(true),
+        Err(_) if dir.join("gtm").exists() => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 fn write_parquet(
