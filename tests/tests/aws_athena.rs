@@ -198,6 +198,33 @@ async fn athena_results_are_typed_by_the_plan_in_both_protocols() {
     let sql_sent = starts[0]["json"]["QueryString"].as_str().expect("sql");
     assert!(sql_sent.contains("LIMIT 3"), "{sql_sent}");
     assert!(!sql_sent.contains("WHERE"), "{sql_sent}");
+
+    // COPY TO STDOUT and a cursor take the same road to Athena.
+    moto.queue_athena_result(&result);
+    let copied = carol
+        .copy_out(&format!("COPY ({sql}) TO STDOUT WITH (FORMAT csv)"))
+        .await
+        .expect("copy");
+    let copied: Vec<bytes::Bytes> = futures::TryStreamExt::try_collect(copied)
+        .await
+        .expect("copy data");
+    let text: String = copied
+        .iter()
+        .map(|b| String::from_utf8_lossy(b).to_string())
+        .collect();
+    assert_eq!(
+        text,
+        "2024-01-15,3,12.50,DE,Cardiozan\n2024-01-16,,,,\n2024-02-01,12,1024.00,US,\"O'Neil, with a comma\"\n"
+    );
+    moto.queue_athena_result(&result);
+    let fetched = rows(
+        &carol,
+        &format!("BEGIN; DECLARE c CURSOR FOR {sql}; FETCH 2 FROM c; FETCH 5 FROM c; COMMIT"),
+    )
+    .await
+    .expect("cursor");
+    assert_eq!(fetched, simple);
+    assert_eq!(started(&moto).len(), 4);
 }
 
 // multi-threaded: the test waits (blocking, bounded) while a query runs in another task
