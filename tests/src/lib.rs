@@ -418,6 +418,13 @@ pub fn sqlstate(result: Result<Vec<String>, tokio_postgres::Error>) -> String {
     }
 }
 
+/// Whether a command succeeded, and all it printed (stdout, then stderr).
+pub fn outcome(out: std::process::Output) -> (bool, String) {
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
 /// Waits (polling, bounded) until `f` is true.
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use lakegate_e2e::aws::{Moto, reader_policy, role_arn};
-use lakegate_e2e::{Gateway, Setup, binary, rows, sqlstate};
+use lakegate_e2e::{Gateway, Setup, binary, outcome, rows, sqlstate};
 
 fn glue_setup(moto: &Moto, refresh_seconds: u64) -> Setup {
     Setup {
@@ -257,9 +257,7 @@ fn register(gateway: &Gateway, moto: &Moto, args: &[&str]) -> (bool, String) {
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .output()
         .expect("lakegate catalog register");
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
+    outcome(out)
 }
 
 #[tokio::test]

@@ -2,7 +2,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use lakegate_e2e::{binary, quickstart};
+use lakegate_e2e::{binary, outcome, quickstart};
 
 fn check(config: &Path) -> (bool, String) {
     let out = Command::new(binary())
@@ -10,9 +10,7 @@ fn check(config: &Path) -> (bool, String) {
         .arg(config)
         .output()
         .expect("run lakegate check");
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
+    outcome(out)
 }
 
 /// A config like the quickstart's, with `policy` replaced by the given file contents.

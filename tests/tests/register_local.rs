@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use lakegate_e2e::{Gateway, Setup, binary, quickstart, rows, sqlstate};
+use lakegate_e2e::{Gateway, Setup, binary, outcome, quickstart, rows, sqlstate};
 
 /// The quickstart's catalog with absolute locations, so it can live in any folder.
 fn catalog_text() -> String {
@@ -45,9 +45,7 @@ fn register(config: &Path, location: &Path) -> (bool, String) {
         ])
         .output()
         .expect("lakegate catalog register");
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
+    outcome(out)
 }
 
 #[tokio::test]
