@@ -359,14 +359,27 @@ async fn load_catalog(
     Ok((catalog, skipped))
 }
 
-/// Reads the catalog again every `refresh_seconds`; sessions started afterwards see the new
-/// tables. A failed read keeps the tables being served (and is logged).
-async fn refresh_catalog(lake: Arc<Lake>, every: std::time::Duration) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
+/// Reads the catalog (file and Glue) again every `every` (when set) and on SIGHUP; sessions
+/// started afterwards see the new tables. A failed read keeps the tables being served (and is
+/// logged).
+async fn refresh_catalog(lake: Arc<Lake>, every: Option<std::time::Duration>) {
+    let mut tick = every.map(|every| {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick
+    });
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(signal) => Some(signal),
+        Err(error) => {
+            tracing::warn!(%error, "no catalog reload on SIGHUP");
+            None
+        }
+    };
     loop {
-        tick.tick().await;
+        let why = tokio::select! {
+            _ = async { match tick.as_mut() { Some(t) => { t.tick().await; } None => std::future::pending().await } } => "schedule",
+            _ = async { match hangup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending().await } } => "SIGHUP",
+        };
         let loaded = load_catalog(&lake.config, lake.aws.as_deref())
             .await
             .and_then(|(catalog, _)| {
@@ -384,10 +397,10 @@ async fn refresh_catalog(lake: Arc<Lake>, every: std::time::Duration) {
                     .map(|d| d.tables.len())
                     .sum();
                 lake.replace_tables(tables);
-                tracing::info!(tables = count, "catalog refreshed");
+                tracing::info!(tables = count, why, "catalog reloaded");
             }
             Err(error) => {
-                tracing::warn!(%error, "catalog refresh failed; serving the tables read before")
+                tracing::warn!(%error, why, "catalog reload failed; serving the tables read before")
             }
         }
     }
@@ -399,14 +412,13 @@ async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Startup
         tracing::warn!(%table, "Glue table not served");
     }
     let lake = Arc::new(lake);
-    if let Some(glue) = &lake.config.glue
-        && glue.refresh_seconds > 0
-    {
-        tokio::spawn(refresh_catalog(
-            lake.clone(),
-            std::time::Duration::from_secs(glue.refresh_seconds),
-        ));
-    }
+    let every = lake
+        .config
+        .glue
+        .as_ref()
+        .filter(|glue| glue.refresh_seconds > 0)
+        .map(|glue| std::time::Duration::from_secs(glue.refresh_seconds));
+    tokio::spawn(refresh_catalog(lake.clone(), every));
     let tls = tls::acceptor(&lake.config.tls)?;
     let oidc = Arc::new(
         oidc::OidcVerifier::new(&lake.config.oidc).map_err(|message| StartupError::Config {

@@ -323,6 +323,15 @@ impl Gateway {
             .expect("VmHWM in /proc status")
     }
 
+    /// Asks the gateway to read its catalog again (SIGHUP), as an operator would.
+    pub fn reload(&self) {
+        let status = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "SIGHUP to the gateway");
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }

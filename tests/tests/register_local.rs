@@ -1,5 +1,6 @@
 //! `lakegate catalog register` for a database of the catalog file: a local folder of Parquet
-//! files becomes a table in the file, served (under policy) by the next start.
+//! files becomes a table in the file, served (under policy) once the gateway reads its catalog
+//! again (SIGHUP).
 use std::path::Path;
 use std::process::Command;
 
@@ -81,13 +82,30 @@ async fn a_local_folder_becomes_a_table_of_the_catalog_file() {
         after
     );
 
-    // The next start serves it: to carol (stewards read gtm.*) with the same rows as sales,
-    // its comment from the description; to alice not at all (no rule names it).
-    let second = Gateway::start_setup(Setup {
-        catalog: Some(after),
-        ..Setup::default()
-    });
-    let carol = second.connect("carol").await;
+    // Not served before the gateway reads its catalog again; after a SIGHUP it is: to carol
+    // (stewards read gtm.*) with the same rows as sales and its description as comment; to
+    // alice not at all (no rule names it).
+    let carol = first.connect("carol").await;
+    assert_eq!(
+        sqlstate(rows(&carol, "SELECT count(*) FROM gtm.sales_copy").await),
+        "42P01"
+    );
+    first.reload();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let carol = loop {
+        let carol = first.connect("carol").await;
+        if rows(&carol, "SELECT 1 FROM gtm.sales_copy LIMIT 1")
+            .await
+            .is_ok()
+        {
+            break carol;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sales_copy not served after SIGHUP"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
     let totals = "SELECT count(*), sum(units), count(DISTINCT sale_date) FROM gtm.";
     assert_eq!(
         rows(&carol, &format!("{totals}sales_copy"))
@@ -106,7 +124,7 @@ async fn a_local_folder_becomes_a_table_of_the_catalog_file() {
         .expect("comment"),
         ["A copy of the daily sales"]
     );
-    let alice = second.connect("alice").await;
+    let alice = first.connect("alice").await;
     assert_eq!(
         sqlstate(rows(&alice, "SELECT count(*) FROM gtm.sales_copy").await),
         "42P01"
