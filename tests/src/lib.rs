@@ -323,6 +323,26 @@ impl Gateway {
             .expect("VmHWM in /proc status")
     }
 
+    /// Connects as `user` once `table` is served to them (sessions see the catalog read before
+    /// they start); fails the test after `timeout`.
+    pub async fn connect_when_served(&self, user: &str, table: &str, timeout: Duration) -> Client {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let client = self.connect(user).await;
+            if rows(&client, &format!("SELECT 1 FROM {table} LIMIT 1"))
+                .await
+                .is_ok()
+            {
+                return client;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{table} not served to {user} within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Asks the gateway to read its catalog again (SIGHUP), as an operator would.
     pub fn reload(&self) {
         let status = Command::new("kill")

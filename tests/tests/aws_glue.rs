@@ -315,18 +315,9 @@ async fn registration_creates_the_table_and_adds_only_new_partitions() {
 
     // The registered table, read through the gateway after its refresh, has the columns the
     // catalog declares for sales (types inferred from the files) and the same rows.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let carol = loop {
-        let carol = gateway.connect("carol").await;
-        if rows(&carol, "SELECT 1 FROM gtm.sales_copy LIMIT 1")
-            .await
-            .is_ok()
-        {
-            break carol;
-        }
-        assert!(Instant::now() < deadline, "sales_copy did not appear");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let carol = gateway
+        .connect_when_served("carol", "gtm.sales_copy", Duration::from_secs(30))
+        .await;
     let columns = |table: &str| {
         format!(
             "SELECT column_name, data_type, numeric_precision, numeric_scale \

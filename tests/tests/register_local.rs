@@ -91,21 +91,13 @@ async fn a_local_folder_becomes_a_table_of_the_catalog_file() {
         "42P01"
     );
     first.reload();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let carol = loop {
-        let carol = first.connect("carol").await;
-        if rows(&carol, "SELECT 1 FROM gtm.sales_copy LIMIT 1")
-            .await
-            .is_ok()
-        {
-            break carol;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "sales_copy not served after SIGHUP"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+    let carol = first
+        .connect_when_served(
+            "carol",
+            "gtm.sales_copy",
+            std::time::Duration::from_secs(20),
+        )
+        .await;
     let totals = "SELECT count(*), sum(units), count(DISTINCT sale_date) FROM gtm.";
     assert_eq!(
         rows(&carol, &format!("{totals}sales_copy"))
