@@ -335,7 +335,10 @@ async fn wait(
                 let category = status
                     .and_then(|s| s.athena_error())
                     .and_then(|e| e.error_category());
-                tracing::warn!(query_id = %id, engine = "athena", %reason, category, "Athena failed the query");
+                // The reason can quote the SQL, and with it literal values from the query:
+                // like statement text, only at debug; the query id finds it in Athena.
+                tracing::warn!(query_id = %id, engine = "athena", category, "Athena failed the query");
+                tracing::debug!(query_id = %id, %reason, "why Athena failed the query");
                 return Err(AthenaError::of_failed(id, reason, category));
             }
             Some(QueryExecutionState::Cancelled) => {
