@@ -34,6 +34,7 @@ use tokio::sync::Mutex;
 
 use crate::config::{Config, TokenLogin};
 use crate::oidc::OidcVerifier;
+use crate::tokens::AccessTokens;
 use lakegate_policy::Identity;
 use pgwire::api::auth::sasl::oauth::{Oauth, OauthValidator, ValidatorModuleResult};
 use pgwire::api::auth::sasl::{OAUTHBEARER_METHOD, SASLState};
@@ -108,20 +109,54 @@ pub struct LocalUsers {
     config: Arc<Config>,
     decoy_secret: [u8; 32],
     oidc: Arc<OidcVerifier>,
+    tokens: Option<Arc<AccessTokens>>,
 }
 
 impl LocalUsers {
-    pub fn new(config: Arc<Config>, oidc: Arc<OidcVerifier>) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        oidc: Arc<OidcVerifier>,
+        tokens: Option<Arc<AccessTokens>>,
+    ) -> Self {
         LocalUsers {
             config,
             decoy_secret: rand::random(),
             oidc,
+            tokens,
         }
     }
 
-    /// Users who are not local users log in with a company token when issuers are configured.
+    /// Users who are not local users log in with a company token or a personal access token
+    /// when either is configured.
     fn logs_in_with_token(&self, user: &str) -> bool {
-        self.oidc.is_enabled() && self.config.user(user).is_none()
+        (self.oidc.is_enabled() || self.tokens.is_some()) && self.config.user(user).is_none()
+    }
+
+    /// The identity a token (a personal access token or a company JWT) proves for `user`, or
+    /// why it proves nothing (for the log). Only a JWT is kept for `web_identity` roles.
+    async fn token_login(
+        &self,
+        token: &str,
+        user: &str,
+    ) -> Result<(Identity, Option<LoginToken>), String> {
+        if crate::tokens::looks_like_token(token) {
+            return match &self.tokens {
+                Some(tokens) => tokens
+                    .login(token, user)
+                    .await
+                    .map(|identity| (identity, None))
+                    .map_err(|e| e.to_string()),
+                None => Err("personal access tokens are not enabled".into()),
+            };
+        }
+        if !self.oidc.is_enabled() {
+            return Err("no token issuers are configured".into());
+        }
+        self.oidc
+            .verify(token, user)
+            .await
+            .map(|identity| (identity, Some(LoginToken(token.to_string()))))
+            .map_err(|e| e.to_string())
     }
 
     /// The user's verifier; for an unknown user a decoy whose salt is stable per name, so
@@ -155,6 +190,9 @@ impl std::fmt::Debug for LoginToken {
     }
 }
 
+/// What an OAUTHBEARER exchange proved, handed from pgwire's validator back to the startup.
+type Proven = Arc<std::sync::Mutex<Option<(Identity, Option<LoginToken>)>>>;
+
 enum State {
     Initial,
     /// a cleartext password (the token) was asked for
@@ -163,7 +201,7 @@ enum State {
     OAuth {
         exchange: Oauth,
         sasl: SASLState,
-        proven: Arc<std::sync::Mutex<Option<(Identity, LoginToken)>>>,
+        proven: Proven,
     },
     /// server-first sent; what the final step needs
     ServerFirstSent {
@@ -265,10 +303,15 @@ fn oauth_failed(user: &str) -> PgWireError {
 
 /// pgwire's OAUTHBEARER exchange asks this whether a bearer token is good; the identity it
 /// proves is kept for the connection.
-#[derive(Debug)]
 struct TokenValidator {
-    verifier: Arc<OidcVerifier>,
-    proven: Arc<std::sync::Mutex<Option<(Identity, LoginToken)>>>,
+    users: Arc<LocalUsers>,
+    proven: Proven,
+}
+
+impl std::fmt::Debug for TokenValidator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenValidator")
+    }
 }
 
 #[async_trait]
@@ -280,10 +323,10 @@ impl OauthValidator for TokenValidator {
         _issuer: &str,
         _required_scopes: &str,
     ) -> PgWireResult<ValidatorModuleResult> {
-        let authorized = match self.verifier.verify(token, username).await {
-            Ok(identity) => {
+        let authorized = match self.users.token_login(token, username).await {
+            Ok(proven) => {
                 if let Ok(mut slot) = self.proven.lock() {
-                    *slot = Some((identity, LoginToken(token.to_string())));
+                    *slot = Some(proven);
                 }
                 true
             }
@@ -386,7 +429,7 @@ impl StartupHandler for ScramStartup {
                     {
                         let proven = Arc::new(std::sync::Mutex::new(None));
                         let validator = Arc::new(TokenValidator {
-                            verifier: self.users.oidc.clone(),
+                            users: self.users.clone(),
                             proven: proven.clone(),
                         });
                         *self.state.lock().await = State::OAuth {
@@ -448,7 +491,9 @@ impl StartupHandler for ScramStartup {
                             };
                             drop(state);
                             client.session_extensions().insert(identity);
-                            client.session_extensions().insert(token);
+                            if let Some(token) = token {
+                                client.session_extensions().insert(token);
+                            }
                             self.complete_login(client, &user).await
                         }
                         Err(PgWireError::OAuthAuthenticationFailed(reason)) => {
@@ -459,13 +504,13 @@ impl StartupHandler for ScramStartup {
                     },
                     State::TokenRequested => {
                         let token = msg.into_password()?.password;
-                        match self.users.oidc.verify(token.trim(), &user).await {
-                            Ok(identity) => {
+                        match self.users.token_login(token.trim(), &user).await {
+                            Ok((identity, login_token)) => {
                                 tracing::info!(user = %user, groups = ?identity.groups, "token accepted");
                                 client.session_extensions().insert(identity);
-                                client
-                                    .session_extensions()
-                                    .insert(LoginToken(token.trim().to_string()));
+                                if let Some(login_token) = login_token {
+                                    client.session_extensions().insert(login_token);
+                                }
                             }
                             Err(reason) => {
                                 // The reason is for operators; the client learns nothing.

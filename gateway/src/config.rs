@@ -57,6 +57,117 @@ pub struct Config {
     /// on the local engine, DataFusion in the gateway).
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// Personal access tokens: what browser sign-in (`sso`) mints for BI tools that cannot hold
+    /// an hour-long IdP token. Default: none (no personal access tokens).
+    #[serde(default)]
+    pub access_tokens: Option<AccessTokensConfig>,
+    /// Browser sign-in at `/login` (OpenID Connect code flow with PKCE, SAML 2.0), where users
+    /// get personal access tokens (needs `access_tokens`). Default: none.
+    #[serde(default)]
+    pub sso: Option<SsoConfig>,
+}
+
+/// Where personal access tokens are kept and how long they live (see README, "Personal access
+/// tokens").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessTokensConfig {
+    /// A JSON file (one gateway host; relative to this file) holding the tokens' hashes.
+    /// Exactly one of `file` and `postgres`.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// A PostgreSQL connection string (`host=... user=... dbname=...`); safe for several
+    /// gateways at once. The table `lakegate_access_tokens` is created when missing.
+    #[serde(default)]
+    pub postgres: Option<String>,
+    /// How long a new token is valid, in days (a user may ask for less). Default 90.
+    #[serde(default = "default_token_days")]
+    pub max_days: u32,
+    /// How old a token's copy of the owner's groups may be before a login re-checks it with
+    /// the identity provider, in seconds. Default 3600.
+    #[serde(default = "default_recheck")]
+    pub recheck_seconds: u64,
+}
+
+fn default_token_days() -> u32 {
+    90
+}
+fn default_recheck() -> u64 {
+    3600
+}
+
+/// The browser sign-in endpoint (see README, "Browser sign-in").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SsoConfig {
+    /// Address of the HTTPS listener (the gateway's TLS certificate). Default `127.0.0.1:7443`.
+    #[serde(default = "default_sso_listen")]
+    pub listen: String,
+    /// The address users' browsers reach the listener at, used in redirect URLs
+    /// (`<public_url>/login/oidc/callback`, `<public_url>/login/saml/acs`).
+    /// Default `https://<listen>`.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    #[serde(default)]
+    pub oidc: Option<SsoOidcConfig>,
+    #[serde(default)]
+    pub saml: Option<SamlConfig>,
+}
+
+fn default_sso_listen() -> String {
+    "127.0.0.1:7443".to_string()
+}
+
+/// Sign-in with an OpenID provider: the authorization-code flow with PKCE.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SsoOidcConfig {
+    /// One of the `oidc` issuers; its claim mapping, algorithms and clock skew apply.
+    pub issuer: String,
+    /// The gateway's client at the provider; ID tokens must be issued for it (`aud`).
+    pub client_id: String,
+    /// The environment variable holding the client's secret (never the secret itself).
+    /// Default: none (a public client; PKCE alone).
+    #[serde(default)]
+    pub client_secret_env: Option<String>,
+    /// Scopes asked for. `offline_access` gives a refresh token, with which the owner's groups
+    /// are re-checked. Default `[openid, profile, email, groups, offline_access]`.
+    #[serde(default = "default_sso_scopes")]
+    pub scopes: Vec<String>,
+}
+
+fn default_sso_scopes() -> Vec<String> {
+    ["openid", "profile", "email", "groups", "offline_access"]
+        .into_iter()
+        .map(String::from)
+        .collect()
+}
+
+/// Sign-in with a SAML 2.0 identity provider (HTTP-POST binding, signed assertions).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamlConfig {
+    /// The IdP's single sign-on URL (HTTP-Redirect binding).
+    pub idp_sso_url: String,
+    /// The IdP's entity ID, as assertions carry it in `Issuer`.
+    pub idp_entity_id: String,
+    /// The IdP's signing certificate (PEM file, relative to this file).
+    pub idp_certificate: PathBuf,
+    /// This gateway's entity ID (the audience assertions must name). Default `<public_url>`.
+    #[serde(default)]
+    pub entity_id: Option<String>,
+    /// The attribute holding the user name. Default: the NameID.
+    #[serde(default)]
+    pub username_attribute: Option<String>,
+    /// The attribute holding the groups. Default `groups`.
+    #[serde(default = "default_groups_claim")]
+    pub groups_attribute: String,
+    /// Attributes copied into the user's attributes. Default: none.
+    #[serde(default)]
+    pub attributes: Vec<String>,
+    /// Clock skew allowed on NotBefore/NotOnOrAfter, in seconds. Default 60.
+    #[serde(default = "default_clock_skew")]
+    pub clock_skew_seconds: u64,
 }
 
 /// How queries routed to Athena run (see README, "Queries on Athena").
@@ -341,6 +452,12 @@ impl Config {
             Some(&mut config.policy),
             Some(&mut config.tls.cert),
             Some(&mut config.tls.key),
+            config.access_tokens.as_mut().and_then(|t| t.file.as_mut()),
+            config
+                .sso
+                .as_mut()
+                .and_then(|s| s.saml.as_mut())
+                .map(|s| &mut s.idp_certificate),
         ]
         .into_iter()
         .flatten()

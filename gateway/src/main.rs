@@ -26,7 +26,9 @@ mod route;
 mod scalar_subquery;
 mod server;
 mod settings;
+mod sso;
 mod tls;
+mod tokens;
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -87,6 +89,33 @@ enum Command {
     Catalog {
         #[command(subcommand)]
         command: CatalogCommand,
+    },
+    /// Personal access tokens (the `access_tokens` store of the configuration).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// List tokens: id, owner, name, dates and status (never the token itself).
+    List {
+        #[arg(long, short, env = "LAKEGATE_CONFIG")]
+        config: PathBuf,
+        /// Only this user's tokens.
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Revoke a token by its id; logins with it fail from now on.
+    Revoke {
+        #[arg(long, short, env = "LAKEGATE_CONFIG")]
+        config: PathBuf,
+        /// The token's id (the part after `lgp_`, as `list` shows it).
+        id: String,
+        /// Revoke only if the token belongs to this user.
+        #[arg(long)]
+        user: Option<String>,
     },
 }
 
@@ -233,6 +262,7 @@ async fn run(command: Command) -> Result<(), StartupError> {
             );
             Ok(())
         }
+        Command::Token { command } => token_command(command).await,
         Command::Passwd => {
             let mut line = String::new();
             std::io::stdin()
@@ -245,6 +275,69 @@ async fn run(command: Command) -> Result<(), StartupError> {
             }
             println!("{}", auth::Verifier::for_password(password));
             Ok(())
+        }
+    }
+}
+
+async fn open_tokens(config_path: &Path) -> Result<tokens::AccessTokens, StartupError> {
+    let config = Config::load(config_path)?;
+    let Some(tokens) = &config.access_tokens else {
+        return Err(StartupError::Config {
+            path: config_path.to_path_buf(),
+            message: "no access_tokens section: personal access tokens are not enabled".into(),
+        });
+    };
+    tokens::AccessTokens::open(tokens, None)
+        .await
+        .map_err(|message| StartupError::Config {
+            path: config_path.to_path_buf(),
+            message,
+        })
+}
+
+async fn token_command(command: TokenCommand) -> Result<(), StartupError> {
+    match command {
+        TokenCommand::List { config, user } => {
+            let store = open_tokens(&config).await?;
+            let list = store
+                .list(user.as_deref())
+                .await
+                .map_err(|e| StartupError::Other(e.to_string()))?;
+            let now = tokens::now();
+            println!("id\towner\tname\tmethod\tcreated\texpires\tlast_used\tstatus");
+            for t in list {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    t.id,
+                    t.owner,
+                    t.name.replace(['\t', '\n'], " "),
+                    t.method,
+                    t.created_at,
+                    t.expires_at,
+                    t.last_used_at
+                        .map(|t| t.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    t.status(now)
+                );
+            }
+            Ok(())
+        }
+        TokenCommand::Revoke { config, id, user } => {
+            let store = open_tokens(&config).await?;
+            let id = id.strip_prefix("lgp_").unwrap_or(&id).to_string();
+            if store
+                .revoke(&id, user.as_deref())
+                .await
+                .map_err(|e| StartupError::Other(e.to_string()))?
+            {
+                println!("revoked {id}");
+                Ok(())
+            } else {
+                Err(StartupError::Other(format!(
+                    "no token {id}{}",
+                    user.map(|u| format!(" of user {u}")).unwrap_or_default()
+                )))
+            }
         }
     }
 }
@@ -440,9 +533,83 @@ async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Startup
             source,
         })?;
     tracing::info!(rules = lake.policy.rule_count(), database = %lake.config.database, "policy loaded");
-    // Tests and scripts wait for this exact line on stdout.
+    let sso_listener = match &lake.config.sso {
+        Some(sso) => {
+            let listener =
+                TcpListener::bind(&sso.listen)
+                    .await
+                    .map_err(|source| StartupError::Listen {
+                        addr: sso.listen.clone(),
+                        source,
+                    })?;
+            Some(listener)
+        }
+        None => None,
+    };
+    let config_error = |message: String| StartupError::Config {
+        path: config_path.to_path_buf(),
+        message,
+    };
+    let public_url = match (&lake.config.sso, &sso_listener) {
+        (Some(sso), Some(listener)) => Some(match &sso.public_url {
+            Some(url) => url.trim_end_matches('/').to_string(),
+            None => format!(
+                "https://{}",
+                listener
+                    .local_addr()
+                    .map_err(|source| StartupError::Listen {
+                        addr: sso.listen.clone(),
+                        source,
+                    })?
+            ),
+        }),
+        _ => None,
+    };
+    let sso_oidc = match (
+        lake.config.sso.as_ref().and_then(|s| s.oidc.as_ref()),
+        &public_url,
+    ) {
+        (Some(config), Some(url)) => Some(Arc::new(
+            sso::oidc::OidcClient::new(config, format!("{url}/login/oidc/callback"), oidc.clone())
+                .map_err(config_error)?,
+        )),
+        _ => None,
+    };
+    let tokens = match &lake.config.access_tokens {
+        Some(config) => Some(Arc::new(
+            tokens::AccessTokens::open(config, sso_oidc.clone())
+                .await
+                .map_err(config_error)?,
+        )),
+        None => None,
+    };
+    if let (Some(sso_config), Some(listener), Some(url)) =
+        (&lake.config.sso, sso_listener, &public_url)
+    {
+        let Some(tokens) = tokens.clone() else {
+            return Err(config_error(
+                "sso needs access_tokens: sign-in is where personal access tokens are made".into(),
+            ));
+        };
+        let saml = match &sso_config.saml {
+            Some(config) => Some(Arc::new(
+                sso::saml::SamlSp::new(config, url).map_err(config_error)?,
+            )),
+            None => None,
+        };
+        let https = tls::https_acceptor(&lake.config.tls)?;
+        let local = listener
+            .local_addr()
+            .map_err(|source| StartupError::Listen {
+                addr: sso_config.listen.clone(),
+                source,
+            })?;
+        println!("lakegate sign-in listening on https://{local}");
+        tokio::spawn(Arc::new(sso::Sso::new(tokens, sso_oidc, saml)).serve(listener, https));
+    }
+    // Tests and scripts wait for this exact line on stdout (printed last: everything is up).
     println!("lakegate listening on {local}");
-    server::Server::new(lake, Some(tls), oidc)
+    server::Server::new(lake, Some(tls), oidc, tokens)
         .serve(listener)
         .await
         .map_err(|source| StartupError::Listen { addr, source })

@@ -16,6 +16,7 @@ use crate::handler::QueryHandler;
 use crate::lake::Lake;
 use crate::oidc::OidcVerifier;
 use crate::pg_compat;
+use crate::tokens::AccessTokens;
 
 pub struct Server {
     lake: Arc<Lake>,
@@ -28,14 +29,19 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn new(lake: Arc<Lake>, tls: Option<TlsAcceptor>, oidc: Arc<OidcVerifier>) -> Self {
+    pub fn new(
+        lake: Arc<Lake>,
+        tls: Option<TlsAcceptor>,
+        oidc: Arc<OidcVerifier>,
+        tokens: Option<Arc<AccessTokens>>,
+    ) -> Self {
         let mut parameters = DefaultServerParameterProvider::default();
         parameters.server_version = pg_compat::server_version();
         parameters.search_path = lake.default_schema.clone();
         parameters.is_superuser = false;
         parameters.default_transaction_read_only = true;
         Server {
-            users: Arc::new(LocalUsers::new(lake.config.clone(), oidc)),
+            users: Arc::new(LocalUsers::new(lake.config.clone(), oidc, tokens)),
             query: Arc::new(QueryHandler::new(lake.clone())),
             connections: Arc::new(ConnectionManager::new()),
             pids: Arc::new(RandomPidSecretKeyGenerator::default()),

@@ -12,6 +12,16 @@ use crate::config::TlsConfig;
 use crate::error::StartupError;
 
 pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, StartupError> {
+    // PostgreSQL 17's direct TLS negotiation asks for this ALPN.
+    acceptor_for(config, b"postgresql")
+}
+
+/// The same certificate for the browser sign-in listener (`sso`), speaking HTTP/1.1.
+pub fn https_acceptor(config: &TlsConfig) -> Result<TlsAcceptor, StartupError> {
+    acceptor_for(config, b"http/1.1")
+}
+
+fn acceptor_for(config: &TlsConfig, alpn: &[u8]) -> Result<TlsAcceptor, StartupError> {
     if config.generate_self_signed && !config.cert.exists() && !config.key.exists() {
         generate_self_signed(&config.cert, &config.key)?;
     }
@@ -25,8 +35,7 @@ pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, StartupError> {
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| StartupError::Tls(e.to_string()))?;
-    // PostgreSQL 17's direct TLS negotiation asks for this ALPN.
-    server.alpn_protocols = vec![b"postgresql".to_vec()];
+    server.alpn_protocols = vec![alpn.to_vec()];
     Ok(TlsAcceptor::from(Arc::new(server)))
 }
 

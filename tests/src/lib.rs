@@ -12,7 +12,10 @@ use tokio_postgres::Client;
 
 pub mod aws;
 pub mod oidc;
+pub mod postgres;
 pub mod raw;
+pub mod saml;
+pub mod sso;
 use tokio_rustls::rustls::client::danger::{
     HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
 };
@@ -91,6 +94,8 @@ pub struct Gateway {
     pub port: u16,
     pub dir: PathBuf,
     cert: Vec<u8>,
+    /// `https://127.0.0.1:PORT` of the sign-in listener, when `sso` is configured.
+    pub sign_in_url: Option<String>,
 }
 
 impl Gateway {
@@ -189,14 +194,19 @@ impl Gateway {
             .expect("start lakegate");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
+        let (sign_in_tx, sign_in_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(addr) = line.strip_prefix("lakegate listening on ") {
                     let _ = tx.send(addr.to_string());
                 }
+                if let Some(url) = line.strip_prefix("lakegate sign-in listening on ") {
+                    let _ = sign_in_tx.send(url.to_string());
+                }
             }
         });
-        // Readiness is the line the gateway prints once its socket is bound.
+        // Readiness is the line the gateway prints once its sockets are bound (the sign-in
+        // listener's line, when configured, comes first).
         let deadline = Instant::now() + Duration::from_secs(60);
         let addr = loop {
             if let Ok(addr) = rx.recv_timeout(Duration::from_millis(100)) {
@@ -210,6 +220,7 @@ impl Gateway {
                 panic!("lakegate did not report listening within 60 s");
             }
         };
+        let sign_in_url = sign_in_rx.try_recv().ok();
         let port = addr
             .rsplit(':')
             .next()
@@ -221,7 +232,13 @@ impl Gateway {
             port,
             dir,
             cert,
+            sign_in_url,
         }
+    }
+
+    /// The gateway's generated TLS certificate (PEM).
+    pub fn cert_pem(&self) -> &[u8] {
+        &self.cert
     }
 
     pub fn conn_str(&self, user: &str, password: &str) -> String {
@@ -365,7 +382,7 @@ impl Drop for Gateway {
     }
 }
 
-fn rand_suffix() -> u128 {
+pub fn rand_suffix() -> u128 {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())

@@ -2,25 +2,40 @@
 //! tests/peers/oidc/provider.mjs, issuing RS256 JWT access tokens for two directory users:
 //! erin (group eu-sales) and frank (group gtm-stewards), neither a local user.
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::io::{BufRead, BufReader, Lines, Write};
+use std::process::{Child, ChildStdout, Command, Stdio};
 
 use crate::{Gateway, workspace};
 
 pub struct Provider {
     child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
     pub issuer: String,
     tokens: HashMap<String, String>,
 }
 
 impl Provider {
     pub fn start() -> Provider {
+        Self::start_inner(None)
+    }
+
+    /// The provider with the gateway's sign-in client registered for `redirect_uri` and its
+    /// development login pages on.
+    pub fn start_with_sso(redirect_uri: &str) -> Provider {
+        Self::start_inner(Some(redirect_uri))
+    }
+
+    fn start_inner(redirect_uri: Option<&str>) -> Provider {
         let dir = workspace().join("tests/peers/oidc");
         assert!(
             dir.join("node_modules/oidc-provider").exists(),
             "oidc-provider is missing: run `npm ci` in tests/peers/oidc (scripts/setup-clients does)"
         );
-        let mut child = Command::new("node")
+        let mut command = Command::new("node");
+        if let Some(uri) = redirect_uri {
+            command.env("SSO_REDIRECT_URI", uri);
+        }
+        let mut child = command
             .arg(dir.join("provider.mjs"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -30,19 +45,18 @@ impl Provider {
         let stdout = child.stdout.take().expect("stdout");
         let mut issuer = String::new();
         let mut tokens = HashMap::new();
-        // Readiness: the provider prints its issuer, then one token per user it obtained
-        // from its own token endpoint.
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        // Readiness: the provider prints its issuer, one token per user it obtained from its
+        // own token endpoint, then "ready".
+        let mut lines = BufReader::new(stdout).lines();
+        for line in lines.by_ref().map_while(Result::ok) {
             let parts: Vec<&str> = line.splitn(3, ' ').collect();
             match parts.as_slice() {
                 ["issuer", url] => issuer = url.to_string(),
                 ["token", user, jwt] => {
                     tokens.insert(user.to_string(), jwt.to_string());
                 }
+                ["ready"] => break,
                 _ => {}
-            }
-            if tokens.len() == 2 {
-                break;
             }
         }
         assert!(
@@ -51,9 +65,34 @@ impl Provider {
         );
         Provider {
             child,
+            lines,
             issuer,
             tokens,
         }
+    }
+
+    /// Sends a directory change (see provider.mjs) and waits for the provider to apply it.
+    fn command(&mut self, line: &str) {
+        let stdin = self.child.stdin.as_mut().expect("provider stdin");
+        writeln!(stdin, "{line}").expect("write to the provider");
+        stdin.flush().expect("flush");
+        let verb = line.split(' ').next().unwrap_or_default().to_string();
+        for reply in self.lines.by_ref().map_while(Result::ok) {
+            if reply.starts_with(&format!("done {verb}")) {
+                return;
+            }
+        }
+        panic!("the provider stopped");
+    }
+
+    /// The user's groups in the directory from now on.
+    pub fn set_groups(&mut self, user: &str, groups: &[&str]) {
+        self.command(&format!("groups {user} {}", groups.join(",")));
+    }
+
+    /// The user leaves the company: the account is gone.
+    pub fn disable(&mut self, user: &str) {
+        self.command(&format!("disable {user}"));
     }
 
     pub fn token(&self, user: &str) -> &str {

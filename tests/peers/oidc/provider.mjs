@@ -4,6 +4,11 @@
 // grant, prints them, and serves discovery and JWKS until its stdin closes.
 //   issuer <url>
 //   token <user> <jwt>
+// With SSO_REDIRECT_URI set it also registers the gateway's sign-in client ("lakegate", secret
+// "lakegate-secret", authorization code + refresh token) and runs its development login pages
+// (any password; the login name is the account). Lines on stdin change the directory:
+//   groups <user> <group,group>     the user's groups from now on
+//   disable <user>                  the account no longer exists (refresh fails)
 import http from 'node:http';
 import Provider from 'oidc-provider';
 
@@ -13,21 +18,54 @@ const users = {
   frank: { groups: ['gtm-stewards'], email: 'frank@example.com' },
 };
 
+const ssoRedirect = process.env.SSO_REDIRECT_URI;
+const disabled = new Set();
+
 let handler = (_req, res) => { res.statusCode = 503; res.end(); };
 const server = http.createServer((req, res) => handler(req, res));
 await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
 const issuer = `http://127.0.0.1:${server.address().port}`;
 
 const provider = new Provider(issuer, {
-  clients: Object.keys(users).map((user) => ({
-    client_id: user,
-    client_secret: `${user}-secret`,
-    grant_types: ['client_credentials'],
-    redirect_uris: [],
-    response_types: [],
-  })),
+  clients: [
+    ...Object.keys(users).map((user) => ({
+      client_id: user,
+      client_secret: `${user}-secret`,
+      grant_types: ['client_credentials'],
+      redirect_uris: [],
+      response_types: [],
+    })),
+    ...(ssoRedirect ? [{
+      client_id: 'lakegate',
+      client_secret: 'lakegate-secret',
+      grant_types: ['authorization_code', 'refresh_token'],
+      redirect_uris: [ssoRedirect],
+      response_types: ['code'],
+      token_endpoint_auth_method: 'client_secret_basic',
+    }] : []),
+  ],
+  // ID tokens carry the scopes' claims even when an access token is issued too.
+  conformIdTokenClaims: false,
+  claims: {
+    openid: ['sub'],
+    profile: ['preferred_username'],
+    email: ['email'],
+    groups: ['groups'],
+  },
+  scopes: ['openid', 'offline_access', 'profile', 'email', 'groups'],
+  findAccount: (_ctx, id) => {
+    if (!users[id] || disabled.has(id)) return undefined;
+    return {
+      accountId: id,
+      claims: () => ({ sub: id, preferred_username: id, groups: users[id].groups, email: users[id].email }),
+    };
+  },
+  // Refresh tokens for the sign-in client whenever offline_access was granted.
+  issueRefreshToken: (_ctx, client, code) =>
+    client.grantTypeAllowed('refresh_token') && code.scopes.has('offline_access'),
+  ttl: { IdToken: 3600, AccessToken: 3600, RefreshToken: 86400, Grant: 86400, Session: 86400, Interaction: 600 },
   features: {
-    devInteractions: { enabled: false },
+    devInteractions: { enabled: Boolean(ssoRedirect) },
     clientCredentials: { enabled: true },
     resourceIndicators: {
       enabled: true,
@@ -67,5 +105,18 @@ for (const user of Object.keys(users)) {
   }
   console.log(`token ${user} ${body.access_token}`);
 }
+console.log('ready');
+let buffered = '';
+process.stdin.setEncoding('utf8');
+process.stdin.on('data', (chunk) => {
+  buffered += chunk;
+  let newline;
+  while ((newline = buffered.indexOf('\n')) >= 0) {
+    const [command, user, value] = buffered.slice(0, newline).trim().split(' ');
+    buffered = buffered.slice(newline + 1);
+    if (command === 'groups' && users[user]) users[user].groups = value ? value.split(',') : [];
+    if (command === 'disable') disabled.add(user);
+    console.log(`done ${command} ${user}`);
+  }
+});
 process.stdin.on('end', () => process.exit(0));
-process.stdin.resume();
