@@ -391,6 +391,10 @@ async fn load_lake(config_path: &Path) -> Result<(Lake, Vec<String>), StartupErr
         path: config_path.to_path_buf(),
         message,
     })?;
+    sso::check_config(&config).map_err(|message| StartupError::Config {
+        path: config_path.to_path_buf(),
+        message,
+    })?;
     let aws = match &config.aws {
         Some(aws) => Some(Arc::new(aws::Aws::new(aws).await.map_err(|message| {
             StartupError::Config {

@@ -65,6 +65,42 @@ fn rules_that_do_not_compile_are_reported_with_their_location() {
 }
 
 #[test]
+fn sign_in_settings_are_checked() {
+    let config = config_with_policy("sso", "rules: []\n");
+    let base = std::fs::read_to_string(&config).expect("config");
+    let cases = [
+        (
+            "sso:\n  oidc:\n    issuer: http://127.0.0.1:1\n    client_id: lakegate\n",
+            "sso needs access_tokens",
+        ),
+        (
+            "access_tokens:\n  file: t.json\nsso:\n  oidc:\n    issuer: http://127.0.0.1:1\n    client_id: lakegate\n",
+            "must be one of the `oidc` issuers",
+        ),
+        (
+            "access_tokens:\n  file: t.json\n  postgres: host=x\n",
+            "exactly one of `file` and `postgres`",
+        ),
+        (
+            "access_tokens:\n  file: t.json\nsso:\n  saml:\n    idp_sso_url: https://idp/sso\n    idp_entity_id: idp\n    idp_certificate: missing.crt\n",
+            "idp_certificate",
+        ),
+        (
+            "access_tokens:\n  file: t.json\nsso:\n  public_url: http://gateway.example.com\n  saml:\n    idp_sso_url: https://idp/sso\n    idp_entity_id: idp\n    idp_certificate: missing.crt\n",
+            "must be https",
+        ),
+    ];
+    for (extra, expected) in cases {
+        std::fs::write(&config, format!("{base}\n{extra}")).expect("config");
+        let (ok, text) = check(&config);
+        assert!(!ok && text.contains(expected), "{extra}: {text}");
+    }
+    std::fs::write(&config, format!("{base}\naccess_tokens:\n  file: t.json\n")).expect("config");
+    let (ok, text) = check(&config);
+    assert!(ok, "{text}");
+}
+
+#[test]
 fn token_issuers_are_checked() {
     let config = config_with_policy("issuer", "rules: []\n");
     let mut text = std::fs::read_to_string(&config).expect("config");

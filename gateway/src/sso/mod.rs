@@ -52,6 +52,50 @@ pub struct Sso {
     sessions: Cache<String, Session>,
 }
 
+/// The `access_tokens` and `sso` sections make sense together, so `lakegate check` reports a
+/// mistake before a deployment does. (The client secret's variable is checked at serve time:
+/// it is often set only where the gateway runs.)
+pub fn check_config(config: &crate::config::Config) -> Result<(), String> {
+    if let Some(tokens) = &config.access_tokens {
+        if tokens.file.is_some() == tokens.postgres.is_some() {
+            return Err("access_tokens: name exactly one of `file` and `postgres`".into());
+        }
+        if tokens.max_days == 0 {
+            return Err("access_tokens.max_days must be at least 1".into());
+        }
+    }
+    let Some(sso) = &config.sso else {
+        return Ok(());
+    };
+    if config.access_tokens.is_none() {
+        return Err(
+            "sso needs access_tokens: sign-in is where personal access tokens are made".into(),
+        );
+    }
+    if sso.oidc.is_none() && sso.saml.is_none() {
+        return Err("sso: configure `oidc`, `saml` or both".into());
+    }
+    if let Some(url) = &sso.public_url
+        && !url.starts_with("https://")
+    {
+        return Err(format!(
+            "sso.public_url {url:?} must be https (the session cookie is Secure)"
+        ));
+    }
+    if let Some(oidc) = &sso.oidc
+        && !config.oidc.iter().any(|i| i.issuer == oidc.issuer)
+    {
+        return Err(format!(
+            "sso.oidc.issuer {:?} must be one of the `oidc` issuers",
+            oidc.issuer
+        ));
+    }
+    if let Some(saml) = &sso.saml {
+        SamlSp::new(saml, "https://check")?;
+    }
+    Ok(())
+}
+
 fn random() -> String {
     URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
 }
