@@ -454,6 +454,25 @@ pub async fn rows(client: &Client, sql: &str) -> Result<Vec<String>, tokio_postg
 }
 
 /// The SQLSTATE of a failed query (panics if it did not fail: the caller expects an error).
+/// What an eu-sales member of the quickstart sees, logged in as `user`: EU sales only, no
+/// patients table.
+pub async fn assert_eu_sales_view(client: &Client, user: &str) {
+    assert_eq!(
+        rows(client, "SELECT current_user").await.expect("who"),
+        vec![user]
+    );
+    assert_eq!(
+        rows(client, "SELECT DISTINCT country FROM sales ORDER BY 1")
+            .await
+            .expect("sales"),
+        vec!["CH", "DE", "DK", "FR"]
+    );
+    assert_eq!(
+        sqlstate(rows(client, "SELECT count(*) FROM patients").await),
+        "42P01"
+    );
+}
+
 pub fn sqlstate(result: Result<Vec<String>, tokio_postgres::Error>) -> String {
     match result {
         Ok(rows) => panic!("expected an error, got rows {rows:?}"),

@@ -150,6 +150,14 @@ fn clear_cookie(name: &str) -> HeaderValue {
     .unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
+fn store_unavailable(error: &crate::tokens::StoreError) -> Response {
+    tracing::warn!(%error, "token store unavailable");
+    problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "The token store is unavailable. Try again in a minute.",
+    )
+}
+
 /// A page saying what went wrong, in words a user can act on.
 fn problem(status: StatusCode, text: &str) -> Response {
     (status, pages::problem(text)).into_response()
@@ -224,6 +232,20 @@ impl Sso {
                 }
             });
         }
+    }
+
+    /// The session a form was posted in, if its CSRF token is the session's; else where to go.
+    async fn form_session(&self, headers: &HeaderMap, csrf: &str) -> Result<Session, Response> {
+        let Some((_, session)) = self.session(headers).await else {
+            return Err(Redirect::to("/login").into_response());
+        };
+        if !same(csrf, &session.csrf) {
+            return Err(problem(
+                StatusCode::FORBIDDEN,
+                "This form is stale. Reload the page.",
+            ));
+        }
+        Ok(session)
     }
 
     async fn session(&self, headers: &HeaderMap) -> Option<(String, Session)> {
@@ -442,13 +464,7 @@ async fn tokens_page(State(sso): State<Arc<Sso>>, headers: HeaderMap) -> Respons
             sso.tokens.max_days(),
         )
         .into_response(),
-        Err(error) => {
-            tracing::warn!(%error, "token store unavailable");
-            problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "The token store is unavailable. Try again in a minute.",
-            )
-        }
+        Err(error) => store_unavailable(&error),
     }
 }
 
@@ -464,15 +480,10 @@ async fn create_token(
     headers: HeaderMap,
     Form(form): Form<CreateForm>,
 ) -> Response {
-    let Some((_, session)) = sso.session(&headers).await else {
-        return Redirect::to("/login").into_response();
+    let session = match sso.form_session(&headers, &form.csrf).await {
+        Ok(session) => session,
+        Err(response) => return response,
     };
-    if !same(&form.csrf, &session.csrf) {
-        return problem(
-            StatusCode::FORBIDDEN,
-            "This form is stale. Reload the page.",
-        );
-    }
     let name = form.name.trim();
     if name.is_empty() {
         return problem(
@@ -492,13 +503,7 @@ async fn create_token(
             sso.tokens.max_days(),
         )
         .into_response(),
-        (Err(error), _) | (_, Err(error)) => {
-            tracing::warn!(%error, "token store unavailable");
-            problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "The token store is unavailable. Try again in a minute.",
-            )
-        }
+        (Err(error), _) | (_, Err(error)) => store_unavailable(&error),
     }
 }
 
@@ -513,15 +518,10 @@ async fn revoke_token(
     headers: HeaderMap,
     Form(form): Form<RevokeForm>,
 ) -> Response {
-    let Some((_, session)) = sso.session(&headers).await else {
-        return Redirect::to("/login").into_response();
+    let session = match sso.form_session(&headers, &form.csrf).await {
+        Ok(session) => session,
+        Err(response) => return response,
     };
-    if !same(&form.csrf, &session.csrf) {
-        return problem(
-            StatusCode::FORBIDDEN,
-            "This form is stale. Reload the page.",
-        );
-    }
     // Only the owner's own tokens: another user's id revokes nothing.
     match sso
         .tokens
@@ -530,13 +530,7 @@ async fn revoke_token(
     {
         Ok(true) => Redirect::to("/tokens").into_response(),
         Ok(false) => problem(StatusCode::NOT_FOUND, "You have no token with that id."),
-        Err(error) => {
-            tracing::warn!(%error, "token store unavailable");
-            problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "The token store is unavailable. Try again in a minute.",
-            )
-        }
+        Err(error) => store_unavailable(&error),
     }
 }
 
