@@ -4,7 +4,8 @@ use axum::response::Html;
 
 use crate::tokens::{AccessToken, SignedIn, now};
 
-fn escape(text: &str) -> String {
+/// Text made safe for HTML and XML content and attribute values.
+pub fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
@@ -64,19 +65,11 @@ pub fn login(oidc: bool, saml: bool) -> Html<String> {
     )
 }
 
+/// A UTC date for the tokens table.
 fn date(epoch: u64) -> String {
-    // Days since 1970 to a civil date (Howard Hinnant's algorithm), UTC.
-    let days = (epoch / 86_400) as i64;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
+    chrono::DateTime::from_timestamp(i64::try_from(epoch).unwrap_or(i64::MAX), 0)
+        .map(|t| t.format("%Y-%m-%d").to_string())
+        .unwrap_or_else(|| "-".into())
 }
 
 pub fn tokens(

@@ -18,6 +18,7 @@ use lakegate_policy::Identity;
 use moka::future::Cache;
 use xml_sec::xmldsig::{DsigStatus, ReferenceCoverage, verify_signature_with_pem_key};
 
+use super::pages::escape;
 use crate::config::SamlConfig;
 use crate::tokens::SignedIn;
 
@@ -158,9 +159,9 @@ impl SamlSp {
              AssertionConsumerServiceURL=\"{acs}\" \
              ProtocolBinding=\"urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST\">\
              <saml:Issuer>{issuer}</saml:Issuer></samlp:AuthnRequest>",
-            dest = xml_escape(&self.config.idp_sso_url),
-            acs = xml_escape(&self.acs_url),
-            issuer = xml_escape(&self.entity_id),
+            dest = escape(&self.config.idp_sso_url),
+            acs = escape(&self.acs_url),
+            issuer = escape(&self.entity_id),
         );
         let mut deflate = DeflateEncoder::new(Vec::new(), Compression::default());
         let encoded = deflate
@@ -428,11 +429,4 @@ impl SamlSp {
             },
         })
     }
-}
-
-fn xml_escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
