@@ -454,6 +454,16 @@ pub async fn rows(client: &Client, sql: &str) -> Result<Vec<String>, tokio_postg
 }
 
 /// The SQLSTATE of a failed query (panics if it did not fail: the caller expects an error).
+/// Who psql is once logged in with `password` (empty when the login failed).
+pub fn psql_current_user(gateway: &Gateway, user: &str, password: &str) -> String {
+    let out = Command::new("psql")
+        .arg(gateway.conn_str(user, password))
+        .args(["-XAtc", "SELECT current_user"])
+        .output()
+        .expect("psql");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// What an eu-sales member of the quickstart sees, logged in as `user`: EU sales only, no
 /// patients table.
 pub async fn assert_eu_sales_view(client: &Client, user: &str) {

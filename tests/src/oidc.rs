@@ -16,24 +16,35 @@ pub struct Provider {
 
 impl Provider {
     pub fn start() -> Provider {
-        Self::start_inner(None)
+        let mut provider = Self::spawn(false);
+        provider.wait_ready();
+        provider
     }
 
-    /// The provider with the gateway's sign-in client registered for `redirect_uri` and its
-    /// development login pages on.
-    pub fn start_with_sso(redirect_uri: &str) -> Provider {
-        Self::start_inner(Some(redirect_uri))
+    /// The provider for browser sign-in: it knows its issuer now, and registers the gateway's
+    /// sign-in client once `register_sign_in` gives the gateway's callback URL (a gateway
+    /// started with the issuer meanwhile; it contacts the issuer only when a user signs in).
+    pub fn start_for_sso() -> Provider {
+        Self::spawn(true)
     }
 
-    fn start_inner(redirect_uri: Option<&str>) -> Provider {
+    /// Registers the gateway's sign-in client for `redirect_uri`; then the provider serves.
+    pub fn register_sign_in(&mut self, redirect_uri: &str) {
+        let stdin = self.child.stdin.as_mut().expect("provider stdin");
+        writeln!(stdin, "sso {redirect_uri}").expect("write to the provider");
+        stdin.flush().expect("flush");
+        self.wait_ready();
+    }
+
+    fn spawn(sso: bool) -> Provider {
         let dir = workspace().join("tests/peers/oidc");
         assert!(
             dir.join("node_modules/oidc-provider").exists(),
             "oidc-provider is missing: run `npm ci` in tests/peers/oidc (scripts/setup-clients does)"
         );
         let mut command = Command::new("node");
-        if let Some(uri) = redirect_uri {
-            command.env("SSO_REDIRECT_URI", uri);
+        if sso {
+            command.env("SSO", "1");
         }
         let mut child = command
             .arg(dir.join("provider.mjs"))
@@ -43,32 +54,35 @@ impl Provider {
             .spawn()
             .expect("node must be installed to run the OpenID provider");
         let stdout = child.stdout.take().expect("stdout");
-        let mut issuer = String::new();
-        let mut tokens = HashMap::new();
-        // Readiness: the provider prints its issuer, one token per user it obtained from its
-        // own token endpoint, then "ready".
         let mut lines = BufReader::new(stdout).lines();
-        for line in lines.by_ref().map_while(Result::ok) {
+        // The first line names the issuer (its port is free only now).
+        let issuer = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find_map(|line| line.strip_prefix("issuer ").map(str::to_string))
+            .expect("the provider did not start");
+        Provider {
+            child,
+            lines,
+            issuer,
+            tokens: HashMap::new(),
+        }
+    }
+
+    /// Readiness: one token per user the provider obtained from its own token endpoint, then
+    /// "ready".
+    fn wait_ready(&mut self) {
+        for line in self.lines.by_ref().map_while(Result::ok) {
             let parts: Vec<&str> = line.splitn(3, ' ').collect();
             match parts.as_slice() {
-                ["issuer", url] => issuer = url.to_string(),
                 ["token", user, jwt] => {
-                    tokens.insert(user.to_string(), jwt.to_string());
+                    self.tokens.insert(user.to_string(), jwt.to_string());
                 }
                 ["ready"] => break,
                 _ => {}
             }
         }
-        assert!(
-            !issuer.is_empty() && tokens.len() == 2,
-            "the provider did not start"
-        );
-        Provider {
-            child,
-            lines,
-            issuer,
-            tokens,
-        }
+        assert_eq!(self.tokens.len(), 2, "the provider did not start");
     }
 
     /// Sends a directory change (see provider.mjs) and waits for the provider to apply it.

@@ -5,9 +5,8 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use lakegate_e2e::oidc::Provider;
-use std::process::Command;
 
-use lakegate_e2e::{assert_eu_sales_view, rows};
+use lakegate_e2e::{assert_eu_sales_view, psql_current_user, rows};
 
 /// A JWT with its payload replaced (the signature no longer matches).
 fn with_payload(token: &str, edit: impl FnOnce(&mut serde_json::Value)) -> String {
@@ -49,15 +48,9 @@ async fn tokens_log_in_with_the_identity_they_prove() {
     );
 
     // psql sends the token as its password too
-    let out = Command::new("psql")
-        .arg(gateway.conn_str("erin", provider.token("erin")))
-        .args(["-XAtc", "SELECT current_user"])
-        .output()
-        .expect("psql");
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "erin",
-        "{out:?}"
+        psql_current_user(&gateway, "erin", provider.token("erin")),
+        "erin"
     );
 }
 

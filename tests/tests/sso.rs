@@ -8,34 +8,34 @@ use lakegate_e2e::oidc::Provider;
 use lakegate_e2e::postgres::Postgres;
 use lakegate_e2e::saml::Idp;
 use lakegate_e2e::sso::Browser;
-use lakegate_e2e::{Gateway, Setup, assert_eu_sales_view, binary, outcome, rows, sqlstate};
+use lakegate_e2e::{
+    Gateway, Setup, assert_eu_sales_view, binary, outcome, psql_current_user, rows, sqlstate,
+};
 use reqwest::StatusCode;
 
 const SECRET_ENV: &str = "LAKEGATE_TEST_SSO_SECRET";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// A provider with the gateway's sign-in client, and the sign-in port it redirects to.
-fn provider() -> (Provider, u16) {
-    let port = free_port();
-    let provider =
-        Provider::start_with_sso(&format!("https://127.0.0.1:{port}/login/oidc/callback"));
-    (provider, port)
+/// A provider for sign-in, and the quickstart with the provider's tokens, personal access
+/// tokens in `store` and sign-in on a free port, registered with the provider.
+fn provider_and_gateway(store: &str, recheck_seconds: u64) -> (Provider, Gateway) {
+    let mut provider = Provider::start_for_sso();
+    let gateway = gateway(&provider, store, recheck_seconds);
+    let callback = format!(
+        "{}/login/oidc/callback",
+        gateway.sign_in_url.as_deref().expect("sign-in listener")
+    );
+    provider.register_sign_in(&callback);
+    (provider, gateway)
 }
 
 /// The quickstart with the provider's tokens, personal access tokens in `store`, and sign-in
-/// on `port`.
-fn gateway(provider: &Provider, port: u16, store: &str, recheck_seconds: u64) -> Gateway {
+/// on a free port.
+fn gateway(provider: &Provider, store: &str, recheck_seconds: u64) -> Gateway {
     Gateway::start_setup(Setup {
         extra_config: format!(
             "oidc:\n  - issuer: {issuer}\n    audience: urn:lakegate\n\
              access_tokens:\n  {store}\n  recheck_seconds: {recheck_seconds}\n\
-             sso:\n  listen: 127.0.0.1:{port}\n  oidc:\n    issuer: {issuer}\n    client_id: lakegate\n    client_secret_env: {SECRET_ENV}\n",
+             sso:\n  listen: 127.0.0.1:0\n  oidc:\n    issuer: {issuer}\n    client_id: lakegate\n    client_secret_env: {SECRET_ENV}\n",
             issuer = provider.issuer
         ),
         env: vec![(SECRET_ENV.into(), "lakegate-secret".into())],
@@ -70,8 +70,7 @@ async fn login_state(gateway: &Gateway, user: &str, token: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn oidc_sign_in_mints_tokens_that_log_in_until_revoked() {
-    let (provider, port) = provider();
-    let gateway = gateway(&provider, port, "file: tokens.json", 3600);
+    let (provider, gateway) = provider_and_gateway("file: tokens.json", 3600);
     let browser = Browser::new(&gateway);
 
     let landing = browser.oidc_sign_in(&provider.issuer, "erin").await;
@@ -98,16 +97,7 @@ async fn oidc_sign_in_mints_tokens_that_log_in_until_revoked() {
         .await
         .expect("token login");
     assert_eu_sales_view(&erin, "erin").await;
-    let out = Command::new("psql")
-        .arg(gateway.conn_str("erin", &token))
-        .args(["-XAtc", "SELECT current_user"])
-        .output()
-        .expect("psql");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "erin",
-        "{out:?}"
-    );
+    assert_eq!(psql_current_user(&gateway, "erin", &token), "erin");
 
     // Someone else's name, a changed secret, a made-up id: the same refusal.
     assert_eq!(login_state(&gateway, "frank", &token).await, "28P01");
@@ -169,8 +159,7 @@ async fn oidc_sign_in_mints_tokens_that_log_in_until_revoked() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn owners_cannot_touch_other_users_tokens() {
-    let (provider, port) = provider();
-    let gateway = gateway(&provider, port, "file: tokens.json", 3600);
+    let (provider, gateway) = provider_and_gateway("file: tokens.json", 3600);
     let erin = Browser::new(&gateway);
     erin.oidc_sign_in(&provider.issuer, "erin").await;
     let token = erin.create_token("report").await;
@@ -190,9 +179,8 @@ async fn owners_cannot_touch_other_users_tokens() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn groups_are_rechecked_with_the_provider() {
-    let (mut provider, port) = provider();
     // Every login re-checks.
-    let gateway = gateway(&provider, port, "file: tokens.json", 0);
+    let (mut provider, gateway) = provider_and_gateway("file: tokens.json", 0);
     let browser = Browser::new(&gateway);
     browser.oidc_sign_in(&provider.issuer, "erin").await;
     let token = browser.create_token("scheduled refresh").await;
@@ -222,8 +210,7 @@ async fn groups_are_rechecked_with_the_provider() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn forged_callbacks_and_missing_sessions_get_nothing() {
-    let (provider, port) = provider();
-    let gateway = gateway(&provider, port, "file: tokens.json", 3600);
+    let (_provider, gateway) = provider_and_gateway("file: tokens.json", 3600);
     let browser = Browser::new(&gateway);
 
     let page = browser.get("/login").await;
@@ -262,10 +249,9 @@ async fn forged_callbacks_and_missing_sessions_get_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn tokens_in_postgres_serve_several_gateways() {
     let pg = Postgres::start();
-    let (provider, port) = provider();
     let store = format!("postgres: \"{}\"", pg.conn_str());
-    let first = gateway(&provider, port, &store, 3600);
-    let second = gateway(&provider, free_port(), &store, 3600);
+    let (provider, first) = provider_and_gateway(&store, 3600);
+    let second = gateway(&provider, &store, 3600);
     let browser = Browser::new(&first);
     browser.oidc_sign_in(&provider.issuer, "erin").await;
     let token = browser.create_token("shared").await;

@@ -4,12 +4,15 @@
 // grant, prints them, and serves discovery and JWKS until its stdin closes.
 //   issuer <url>
 //   token <user> <jwt>
-// With SSO_REDIRECT_URI set it also registers the gateway's sign-in client ("lakegate", secret
-// "lakegate-secret", authorization code + refresh token) and runs its development login pages
-// (any password; the login name is the account). Lines on stdin change the directory:
+// With SSO=1 it prints the issuer first and waits for a line `sso <redirect_uri>` (the gateway,
+// started meanwhile, knows its sign-in port), then also registers the gateway's sign-in client
+// ("lakegate", secret "lakegate-secret", authorization code + refresh token) and runs its
+// development login pages (any password; the login name is the account).
+// Further lines on stdin change the directory:
 //   groups <user> <group,group>     the user's groups from now on
 //   disable <user>                  the account no longer exists (refresh fails)
 import http from 'node:http';
+import readline from 'node:readline';
 import Provider from 'oidc-provider';
 
 // Test users as the company directory would describe them.
@@ -18,13 +21,20 @@ const users = {
   frank: { groups: ['gtm-stewards'], email: 'frank@example.com' },
 };
 
-const ssoRedirect = process.env.SSO_REDIRECT_URI;
 const disabled = new Set();
+const lines = readline.createInterface({ input: process.stdin })[Symbol.asyncIterator]();
 
 let handler = (_req, res) => { res.statusCode = 503; res.end(); };
 const server = http.createServer((req, res) => handler(req, res));
 await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
 const issuer = `http://127.0.0.1:${server.address().port}`;
+console.log(`issuer ${issuer}`);
+let ssoRedirect;
+if (process.env.SSO) {
+  const { value, done } = await lines.next();
+  if (done || !value.startsWith('sso ')) process.exit(1);
+  ssoRedirect = value.slice('sso '.length).trim();
+}
 
 const provider = new Provider(issuer, {
   clients: [
@@ -88,7 +98,6 @@ const provider = new Provider(issuer, {
 provider.on('server_error', (_ctx, err) => console.error('provider error', err));
 handler = provider.callback();
 
-console.log(`issuer ${issuer}`);
 for (const user of Object.keys(users)) {
   const response = await fetch(`${issuer}/token`, {
     method: 'POST',
@@ -106,17 +115,10 @@ for (const user of Object.keys(users)) {
   console.log(`token ${user} ${body.access_token}`);
 }
 console.log('ready');
-let buffered = '';
-process.stdin.setEncoding('utf8');
-process.stdin.on('data', (chunk) => {
-  buffered += chunk;
-  let newline;
-  while ((newline = buffered.indexOf('\n')) >= 0) {
-    const [command, user, value] = buffered.slice(0, newline).trim().split(' ');
-    buffered = buffered.slice(newline + 1);
-    if (command === 'groups' && users[user]) users[user].groups = value ? value.split(',') : [];
-    if (command === 'disable') disabled.add(user);
-    console.log(`done ${command} ${user}`);
-  }
-});
-process.stdin.on('end', () => process.exit(0));
+for await (const line of lines) {
+  const [command, user, value] = line.trim().split(' ');
+  if (command === 'groups' && users[user]) users[user].groups = value ? value.split(',') : [];
+  if (command === 'disable') disabled.add(user);
+  console.log(`done ${command} ${user}`);
+}
+process.exit(0);
