@@ -537,79 +537,18 @@ async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Startup
             source,
         })?;
     tracing::info!(rules = lake.policy.rule_count(), database = %lake.config.database, "policy loaded");
-    let sso_listener = match &lake.config.sso {
-        Some(sso) => {
-            let listener =
-                TcpListener::bind(&sso.listen)
-                    .await
-                    .map_err(|source| StartupError::Listen {
-                        addr: sso.listen.clone(),
-                        source,
-                    })?;
-            Some(listener)
-        }
-        None => None,
-    };
-    let config_error = |message: String| StartupError::Config {
-        path: config_path.to_path_buf(),
-        message,
-    };
-    let public_url = match (&lake.config.sso, &sso_listener) {
-        (Some(sso), Some(listener)) => Some(match &sso.public_url {
-            Some(url) => url.trim_end_matches('/').to_string(),
-            None => format!(
-                "https://{}",
-                listener
-                    .local_addr()
-                    .map_err(|source| StartupError::Listen {
-                        addr: sso.listen.clone(),
-                        source,
-                    })?
-            ),
-        }),
-        _ => None,
-    };
-    let sso_oidc = match (
-        lake.config.sso.as_ref().and_then(|s| s.oidc.as_ref()),
-        &public_url,
-    ) {
-        (Some(config), Some(url)) => Some(Arc::new(
-            sso::oidc::OidcClient::new(config, format!("{url}/login/oidc/callback"), oidc.clone())
-                .map_err(config_error)?,
-        )),
-        _ => None,
-    };
-    let tokens = match &lake.config.access_tokens {
-        Some(config) => Some(Arc::new(
-            tokens::AccessTokens::open(config, sso_oidc.clone())
-                .await
-                .map_err(config_error)?,
-        )),
-        None => None,
-    };
-    if let (Some(sso_config), Some(listener), Some(url)) =
-        (&lake.config.sso, sso_listener, &public_url)
-    {
-        let Some(tokens) = tokens.clone() else {
-            return Err(config_error(
-                "sso needs access_tokens: sign-in is where personal access tokens are made".into(),
-            ));
-        };
-        let saml = match &sso_config.saml {
-            Some(config) => Some(Arc::new(
-                sso::saml::SamlSp::new(config, url).map_err(config_error)?,
-            )),
-            None => None,
-        };
-        let https = tls::https_acceptor(&lake.config.tls)?;
-        let local = listener
-            .local_addr()
-            .map_err(|source| StartupError::Listen {
-                addr: sso_config.listen.clone(),
-                source,
-            })?;
-        println!("lakegate sign-in listening on https://{local}");
-        tokio::spawn(Arc::new(sso::Sso::new(tokens, sso_oidc, saml)).serve(listener, https));
+    let (tokens, sign_in) = sso::start(&lake.config, oidc.clone())
+        .await
+        .map_err(|e| match e {
+            sso::StartError::Config(message) => StartupError::Config {
+                path: config_path.to_path_buf(),
+                message,
+            },
+            sso::StartError::Startup(e) => e,
+        })?;
+    if let Some(sign_in) = sign_in {
+        println!("lakegate sign-in listening on https://{}", sign_in.local);
+        tokio::spawn(sign_in.serve());
     }
     // Tests and scripts wait for this exact line on stdout (printed last: everything is up).
     println!("lakegate listening on {local}");

@@ -27,6 +27,9 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use crate::config::Config;
+use crate::error::StartupError;
+use crate::oidc::OidcVerifier;
 use crate::tokens::{AccessTokens, SignedIn};
 use oidc::{OidcClient, PendingLogin};
 use saml::SamlSp;
@@ -50,6 +53,93 @@ pub struct Sso {
     /// Sign-ins under way, by `state` (OIDC) or request ID (SAML); each is used once.
     pending: Cache<String, Arc<PendingLogin>>,
     sessions: Cache<String, Session>,
+}
+
+/// Why the token store or the sign-in listener could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A setting of the configuration file is wrong.
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Startup(#[from] StartupError),
+}
+
+/// The sign-in listener, bound, with what it serves.
+pub struct SignIn {
+    sso: Arc<Sso>,
+    listener: TcpListener,
+    tls: TlsAcceptor,
+    pub local: std::net::SocketAddr,
+}
+
+impl SignIn {
+    pub async fn serve(self) {
+        self.sso.serve(self.listener, self.tls).await
+    }
+}
+
+/// The personal access tokens (with `access_tokens`) and the sign-in listener (with `sso`),
+/// bound to its address. Redirect URLs default to the bound address, so `listen: ...:0` works.
+pub async fn start(
+    config: &Config,
+    verifier: Arc<OidcVerifier>,
+) -> Result<(Option<Arc<AccessTokens>>, Option<SignIn>), StartError> {
+    check_config(config).map_err(StartError::Config)?;
+    let bound = match &config.sso {
+        Some(sso) => {
+            let listen_error = |source| StartupError::Listen {
+                addr: sso.listen.clone(),
+                source,
+            };
+            let listener = TcpListener::bind(&sso.listen).await.map_err(listen_error)?;
+            let local = listener.local_addr().map_err(listen_error)?;
+            let public_url = sso
+                .public_url
+                .as_deref()
+                .map(|url| url.trim_end_matches('/').to_string())
+                .unwrap_or_else(|| format!("https://{local}"));
+            Some((sso, listener, local, public_url))
+        }
+        None => None,
+    };
+    let oidc = match &bound {
+        Some((sso, _, _, url)) => match &sso.oidc {
+            Some(oidc) => Some(Arc::new(
+                OidcClient::new(oidc, format!("{url}/login/oidc/callback"), verifier)
+                    .map_err(StartError::Config)?,
+            )),
+            None => None,
+        },
+        None => None,
+    };
+    let tokens = match &config.access_tokens {
+        Some(tokens) => Some(Arc::new(
+            AccessTokens::open(tokens, oidc.clone())
+                .await
+                .map_err(StartError::Config)?,
+        )),
+        None => None,
+    };
+    let (Some((sso, listener, local, url)), Some(tokens)) = (bound, tokens.clone()) else {
+        // check_config made sure sso comes with access_tokens
+        return Ok((tokens, None));
+    };
+    let saml = match &sso.saml {
+        Some(saml) => Some(Arc::new(
+            SamlSp::new(saml, &url).map_err(StartError::Config)?,
+        )),
+        None => None,
+    };
+    Ok((
+        Some(tokens.clone()),
+        Some(SignIn {
+            sso: Arc::new(Sso::new(tokens, oidc, saml)),
+            listener,
+            tls: crate::tls::https_acceptor(&config.tls)?,
+            local,
+        }),
+    ))
 }
 
 /// The `access_tokens` and `sso` sections make sense together, so `lakegate check` reports a
