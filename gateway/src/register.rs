@@ -440,6 +440,15 @@ fn insert_table(text: &str, database: &str, entry: &[String]) -> Result<String, 
     let tables = (start + 1..end)
         .find(|&i| lines[i].trim_start().starts_with("tables:"))
         .ok_or_else(|| format!("database {database} has no `tables:` list in the catalog file"))?;
+    if lines[tables].trim() == "tables: []" {
+        // a database with no tables yet: its first table starts the block list
+        let pad = " ".repeat(indent(lines[tables]));
+        let mut out: Vec<String> = lines[..tables].iter().map(|l| l.to_string()).collect();
+        out.push(format!("{pad}tables:"));
+        out.extend(entry.iter().map(|l| format!("{pad}  {l}")));
+        out.extend(lines[tables + 1..].iter().map(|l| l.to_string()));
+        return Ok(out.join("\n") + "\n");
+    }
     if lines[tables].trim() != "tables:" {
         return Err(format!(
             "database {database}'s tables are not a block list in the catalog file"
@@ -475,6 +484,19 @@ fn is_date(value: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_database_gets_its_first_table() {
+        let text = "databases:\n  - name: tpch\n    tables: []\n  - name: other\n    tables: []\n";
+        let entry = vec!["- name: \"c\"".to_string(), "  columns: []".to_string()];
+        let out = insert_table(text, "tpch", &entry).expect("inserted");
+        assert_eq!(
+            out,
+            "databases:\n  - name: tpch\n    tables:\n      - name: \"c\"\n        columns: []\n  - name: other\n    tables: []\n"
+        );
+        let next = insert_table(&out, "tpch", &entry).expect("second");
+        assert_eq!(next.matches("- name: \"c\"").count(), 2);
+    }
 
     #[test]
     fn new_tables_go_to_the_end_of_their_database() {
