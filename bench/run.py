@@ -5,9 +5,10 @@ PgBouncer in front of it, and the gateway; drives each with the same pgbench scr
 and prints medians and ratios (gateway / peer) as a Markdown report with the machine it ran on.
 
 usage: python3 bench/run.py [--smoke] [--gateway PATH] [--out FILE]
-  --smoke    tiny durations and connection counts: checks the harness works (CI)
-  --gateway  the lakegate binary (default: $CARGO_TARGET_DIR/release/lakegate)
-  --only     idle | queries | connections | stream (repeatable): run only these
+  --smoke    tiny durations, connection counts and scale factor: checks the harness works (CI)
+  --gateway  the lakegate binary (default: $CARGO_TARGET_DIR/release/lakegate); tpch-direct
+             (bench/direct) is taken from the same folder
+  --only     idle | queries | connections | stream | tpch (repeatable): run only these
 """
 import argparse
 import asyncio
@@ -179,8 +180,15 @@ class Bench:
         config += f"\noidc:\n  - issuer: {self.issuer}\n    audience: urn:lakegate\n"
         (gw / "lakegate.yaml").write_text(config)
         subprocess.run([self.args.gateway, "generate-demo", "--dir", str(QUICKSTART)], check=True)
+        self.gw_port, self.gw_pid = self.launch_gateway(gw / "lakegate.yaml")
+        self.cert, self.key = gw / "server.crt", gw / "server.key"
+        os.chmod(self.cert, 0o644)
+        os.chmod(self.key, 0o644)
+
+    def launch_gateway(self, config):
+        """Starts a gateway on a free port; its port and PID once it listens."""
         proc = subprocess.Popen([self.args.gateway, "serve", "--listen", "127.0.0.1:0", "--config",
-                                 str(gw / "lakegate.yaml")],
+                                 str(config)],
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                                 env={**os.environ, "LAKEGATE_LOG": "error"})
         self.procs.append(proc)
@@ -188,11 +196,33 @@ class Bench:
         match = re.match(r"lakegate listening on 127\.0\.0\.1:(\d+)", line)
         if not match:
             raise SystemExit(f"gateway did not start: {line!r}")
-        self.gw_port = int(match.group(1))
-        self.gw_pid = proc.pid
-        self.cert, self.key = gw / "server.crt", gw / "server.key"
-        os.chmod(self.cert, 0o644)
-        os.chmod(self.key, 0o644)
+        return int(match.group(1)), proc.pid
+
+    def start_tpch_gateway(self):
+        """TPC-H data (tpchgen-cli; scale factor 1, 0.01 for --smoke) registered in a catalog file
+        of its own, served by a second gateway with bench/tpch/policy.yaml."""
+        gw = self.tmp / "gw-tpch"
+        gw.mkdir()
+        self.tpch_sf = 0.01 if self.smoke else 1
+        gen = Path(sys.executable).parent / "tpchgen-cli"
+        if not gen.exists():
+            raise SystemExit(f"{gen} missing: run scripts/setup-clients (tests/clients/python/requirements.txt)")
+        subprocess.run([str(gen), "parquet", "-s", str(self.tpch_sf), "--parts", "1",
+                        "--output-dir", str(gw / "tpch")], check=True, capture_output=True)
+        (gw / "catalog.yaml").write_text("databases:\n  - name: tpch\n    tables: []\n")
+        config = (QUICKSTART / "lakegate.yaml").read_text()
+        config = (config.replace("catalog: catalog.yaml", f"catalog: {gw / 'catalog.yaml'}")
+                  .replace("policy: policy", f"policy: {ROOT / 'bench' / 'tpch' / 'policy.yaml'}")
+                  .replace("default_schema: gtm", "default_schema: tpch")
+                  .replace("cert: certs/server.crt", f"cert: {gw / 'server.crt'}")
+                  .replace("key: certs/server.key", f"key: {gw / 'server.key'}"))
+        (gw / "lakegate.yaml").write_text(config)
+        for table in sorted(p.name for p in (gw / "tpch").iterdir()):
+            subprocess.run([self.args.gateway, "catalog", "register", "--config", str(gw / "lakegate.yaml"),
+                            "--database", "tpch", "--table", table, "--location", f"tpch/{table}"],
+                           check=True, capture_output=True)
+        self.tpch_port, self.tpch_pid = self.launch_gateway(gw / "lakegate.yaml")
+        self.tpch_data = gw / "tpch"
 
     # ---------- connection strings ----------
     def pg_url(self):
@@ -286,6 +316,45 @@ class Bench:
         row["lakegate"]["peak_rss_mb"] = self.peak_rss_mb(self.gw_pid)
         self.results.append(("stream", f"COPY (SELECT * FROM generate_series(1, {rows:,})) TO STDOUT via psql", row))
 
+    def bench_tpch(self):
+        """TPC-H-like queries as carol through the gateway (row filter on lineitem, phone numbers
+        hashed), against the same queries and rules (as views) in DataFusion directly."""
+        import psycopg
+        self.start_tpch_gateway()
+        runs = 1 if self.smoke else 5
+        queries = sorted((ROOT / "bench" / "tpch").glob("q*.sql"), key=lambda p: int(p.stem[1:]))
+        direct = Path(self.args.gateway).parent / "tpch-direct"
+        if not direct.exists():
+            raise SystemExit(f"{direct} missing: cargo build [--release] -p lakegate-bench-direct")
+        out = subprocess.run([str(direct), str(self.tpch_data), str(runs)] + [str(q) for q in queries],
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            raise SystemExit(f"tpch-direct failed: {out.stderr}")
+        datafusion = {}
+        for line in out.stdout.splitlines():
+            file, ms, rows = line.split()
+            datafusion[Path(file).stem] = {"ms": float(ms), "rows": int(rows)}
+        url = f"host=127.0.0.1 port={self.tpch_port} dbname=gtm user=carol password=carol sslmode=require"
+        with psycopg.connect(url) as conn:
+            for query in queries:
+                sql = query.read_text()
+                with conn.cursor() as cur:
+                    cur.execute(sql)
+                    rows = len(cur.fetchall())  # warm-up, as tpch-direct does
+                    times = []
+                    for _ in range(runs):
+                        start = time.perf_counter()
+                        cur.execute(sql)
+                        cur.fetchall()
+                        times.append((time.perf_counter() - start) * 1000)
+                peer = datafusion[query.stem]
+                if rows != peer["rows"]:
+                    raise SystemExit(f"{query.name}: the gateway returned {rows} rows, DataFusion {peer['rows']}")
+                self.results.append(("tpch", f"TPC-H {query.stem.upper()} (SF {self.tpch_sf}) as carol: "
+                                             "lineitem row filter, c_phone hashed",
+                                     {"lakegate": {"ms": statistics.median(times), "rows": rows},
+                                      "datafusion": peer}))
+
     def bench_idle(self):
         counts = [50] if self.smoke else [1000, 10000]
         # Stop before the machine runs out: the report says where it stopped.
@@ -363,8 +432,8 @@ class Bench:
             lines.append("|---|" + "---|" * len(keys))
             for system, values in row.items():
                 lines.append(f"| {system} | " + " | ".join(Bench.fmt(values.get(k)) for k in keys) + " |")
-            if kind in ("queries", "connections", "stream") and "lakegate" in row:
-                key = {"queries": "tps", "connections": "tps", "stream": "rows_per_s"}[kind]
+            if kind in ("queries", "connections", "stream", "tpch") and "lakegate" in row:
+                key = {"queries": "tps", "connections": "tps", "stream": "rows_per_s", "tpch": "ms"}[kind]
                 for peer in row:
                     if peer != "lakegate" and row[peer].get(key):
                         lines.append("")
@@ -402,7 +471,7 @@ def main():
     target = os.environ.get("CARGO_TARGET_DIR", str(Path.home() / ".cache/lakegate-target"))
     parser.add_argument("--gateway", default=str(Path(target) / "release" / "lakegate"))
     parser.add_argument("--out")
-    parser.add_argument("--only", choices=["queries", "connections", "stream", "idle"], action="append",
+    parser.add_argument("--only", choices=["queries", "connections", "stream", "idle", "tpch"], action="append",
                         help="run only these measurements (repeatable)")
     args = parser.parse_args()
     if not Path(args.gateway).exists():
@@ -415,7 +484,8 @@ def main():
         # Idle memory first: later steps (the 10-million-row stream) leave the allocator's
         # high-water mark behind, which would be counted against the idle connections.
         steps = {"idle": bench.bench_idle, "queries": bench.bench_queries,
-                 "connections": bench.bench_connections, "stream": bench.bench_stream}
+                 "connections": bench.bench_connections, "stream": bench.bench_stream,
+                 "tpch": bench.bench_tpch}
         for name, step in steps.items():
             if args.only and name not in args.only:
                 continue
