@@ -17,7 +17,7 @@ use crate::model::{Catalog, Database, FileNames, Table, TableFormat};
 /// The file names Hive and Athena count as data: any not starting with `_` or `.` (DataFusion
 /// matches the glob against file names; `key=value` folders are partitions).
 const DATA_FILES: &str = "[!_.]*";
-use crate::types::glue_type_to_arrow;
+use crate::types::{glue_type_to_arrow, parquet_read_type};
 
 /// The catalog the gateway serves: the databases of a catalog file (the embedded default, each
 /// table's files in a local folder or S3) and any added from Glue.
@@ -164,10 +164,15 @@ impl LocalCatalog {
             FileNames::Any => options.with_file_extension(""),
         };
         let options = options.with_table_partition_cols(partition_cols);
+        let parquet = matches!(table.format, TableFormat::Parquet);
         let file_fields: Vec<Field> = table
             .columns
             .iter()
-            .filter_map(|c| glue_type_to_arrow(&c.data_type).map(|t| Field::new(&c.name, t, true)))
+            .filter_map(|c| glue_type_to_arrow(&c.data_type).map(|t| (c, t)))
+            .map(|(c, t)| {
+                let t = if parquet { parquet_read_type(t) } else { t };
+                Field::new(&c.name, t, true)
+            })
             .collect();
         let file_schema: SchemaRef = Arc::new(Schema::new(file_fields));
         if let Some(glue) = glue.filter(|_| table.from_glue && !table.partition_keys.is_empty())
@@ -197,5 +202,45 @@ impl LocalCatalog {
         // Canonical when it exists, so listing URLs are stable; the raw join otherwise (the
         // scan then fails with a clear "not found" that names no one else's data).
         joined.canonicalize().unwrap_or(joined)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::datatypes::DataType;
+
+    use super::*;
+
+    fn provider_types(format: &str) -> Vec<DataType> {
+        let yaml = format!(
+            "databases:\n  - name: d\n    tables:\n      - name: t\n        location: data/t\n        \
+             format: {format}\n        columns:\n          - {{ name: s, type: string }}\n          \
+             - {{ name: b, type: binary }}\n          - {{ name: n, type: bigint }}\n"
+        );
+        let catalog: Catalog = serde_saphyr::from_str(&yaml).expect("catalog yaml");
+        let local = LocalCatalog {
+            catalog,
+            base_dir: PathBuf::from("."),
+        };
+        let table = &local.catalog.databases[0].tables[0];
+        let provider = local.table_provider("d", table, None).expect("provider");
+        provider
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.data_type().clone())
+            .collect()
+    }
+
+    #[test]
+    fn parquet_strings_are_read_as_views_like_datafusion_does() {
+        assert_eq!(
+            provider_types("parquet"),
+            [DataType::Utf8View, DataType::BinaryView, DataType::Int64]
+        );
+        assert_eq!(
+            provider_types("csv"),
+            [DataType::Utf8, DataType::Binary, DataType::Int64]
+        );
     }
 }

@@ -40,6 +40,19 @@ pub fn glue_type_to_arrow(glue_type: &str) -> Option<DataType> {
     None
 }
 
+/// The Arrow type a Parquet column of `declared` type is read as: strings and binaries as views
+/// (`Utf8View`, `BinaryView`), which is what DataFusion reads Parquet as by default
+/// (`schema_force_view_types`). Declaring plain `Utf8` instead makes the reader copy every
+/// string and the operators above work on the slower layout: TPC-H-like queries took
+/// 1.3-1.6x DataFusion's own time that way (BENCHMARKS.md).
+pub fn parquet_read_type(declared: DataType) -> DataType {
+    match declared {
+        DataType::Utf8 => DataType::Utf8View,
+        DataType::Binary => DataType::BinaryView,
+        other => other,
+    }
+}
+
 /// The Glue/Hive type name of an Arrow type read from data files (the inverse of
 /// `glue_type_to_arrow`), or `None` for a type Lakegate does not serve.
 pub fn arrow_to_glue_type(data_type: &DataType) -> Option<String> {
