@@ -1,13 +1,17 @@
 """Lakegate against its peers, on one machine, in one run (issue 6; see BENCHMARKS.md).
 
 Starts, on 127.0.0.1 and the same data (the quickstart's), a throwaway PostgreSQL cluster,
-PgBouncer in front of it, and the gateway; drives each with the same pgbench scripts and psql,
-and prints medians and ratios (gateway / peer) as a Markdown report with the machine it ran on.
+PgBouncer in front of it, datafusion-postgres-cli serving the same Parquet files, and the
+gateway; drives each with the same pgbench scripts and psql, and prints medians and ratios
+(gateway / peer) as a Markdown report with the machine it ran on.
 
-usage: python3 bench/run.py [--smoke] [--gateway PATH] [--out FILE]
+usage: python3 bench/run.py [--smoke] [--gateway PATH] [--datafusion-postgres PATH] [--out FILE]
   --smoke    tiny durations, connection counts and scale factor: checks the harness works (CI)
   --gateway  the lakegate binary (default: $CARGO_TARGET_DIR/release/lakegate); tpch-direct
              (bench/direct) is taken from the same folder
+  --datafusion-postgres  datafusion-postgres-cli (default: on PATH or ~/.cargo/bin); a full run
+             installs it with `cargo install` when missing (a release build of DataFusion, 30-60
+             minutes on 2 cores); --smoke runs without it when it is not installed
   --only     idle | queries | connections | stream | tpch (repeatable): run only these
 """
 import argparse
@@ -27,6 +31,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 QUICKSTART = ROOT / "examples" / "quickstart"
 PASSWORD = "bench-secret"
+# The peer the issue names: crates.io's datafusion-postgres-cli, on the DataFusion version the
+# gateway is built on (55), so the ratio is what each adds around the same engine.
+DFPG_VERSION = "0.19.0"
 
 
 def free_port():
@@ -74,6 +81,7 @@ class Bench:
         os.chmod(self.tmp, 0o777)
         self.procs = []
         self.results = []
+        self.dfpg = None
 
     # ---------- peers ----------
     def start_postgres(self):
@@ -147,6 +155,42 @@ class Bench:
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.procs.append(proc)
         wait_for_port(self.bouncer_port, proc)
+
+    def find_dfpg(self):
+        """datafusion-postgres-cli: the given path, on PATH, or installed now from crates.io."""
+        candidates = [self.args.datafusion_postgres, shutil.which("datafusion-postgres-cli"),
+                      str(Path.home() / ".cargo" / "bin" / "datafusion-postgres-cli")]
+        for candidate in candidates:
+            if candidate and Path(candidate).exists():
+                return candidate
+        if self.smoke:
+            print("datafusion-postgres-cli not installed: the smoke run goes without it", file=sys.stderr)
+            return None
+        print(f"installing datafusion-postgres-cli {DFPG_VERSION} (cargo install, a long release build) ...",
+              file=sys.stderr)
+        subprocess.run(["cargo", "install", "datafusion-postgres-cli", "--version", DFPG_VERSION, "--locked"],
+                       check=True)
+        return str(Path.home() / ".cargo" / "bin" / "datafusion-postgres-cli")
+
+    def launch_dfpg(self, tables):
+        """datafusion-postgres-cli serving `tables` ({name: parquet file or folder}) with the
+        gateway's certificate; its port once it listens."""
+        port = free_port()
+        cmd = [self.dfpg, "-p", str(port), "--host", "127.0.0.1",
+               "--tls-cert", str(self.cert), "--tls-key", str(self.key)]
+        for name, path in tables.items():
+            cmd += ["--parquet", f"{name}:{path}"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env={**os.environ, "RUST_LOG": "error"})
+        self.procs.append(proc)
+        wait_for_port(port, proc)
+        return port, proc.pid
+
+    def start_dfpg(self):
+        self.dfpg = self.find_dfpg()
+        if self.dfpg:
+            hcp = QUICKSTART / "data/gtm/hcp/part-0.parquet"
+            self.dfpg_port, self.dfpg_pid = self.launch_dfpg({"hcp": hcp})
 
     def start_oidc(self):
         """The tests' OpenID provider (npm oidc-provider): RS256 JWT access tokens for frank
@@ -240,8 +284,15 @@ class Bench:
         return (f"host=127.0.0.1 port={self.gw_port} dbname=gtm user=frank "
                 f"password={self.tokens['frank']} sslmode=require")
 
+    def dfpg_url(self):
+        # datafusion-postgres-cli has no authentication: any user name is let in
+        return f"host=127.0.0.1 port={self.dfpg_port} dbname=datafusion user=postgres sslmode=require"
+
     def systems(self):
-        return [("lakegate", self.gw_url()), ("postgresql", self.pg_url()), ("pgbouncer", self.bouncer_url())]
+        systems = [("lakegate", self.gw_url()), ("postgresql", self.pg_url()), ("pgbouncer", self.bouncer_url())]
+        if self.dfpg:
+            systems.append(("datafusion-postgres", self.dfpg_url()))
+        return systems
 
     # ---------- measurements ----------
     def pgbench(self, url, script, clients, seconds, connect_each=False):
@@ -281,7 +332,9 @@ class Bench:
             for clients in (1, 32):
                 row = {}
                 for system, url in self.systems():
-                    row[system] = self.repeat(lambda: self.pgbench(url, script, clients, seconds), runs)
+                    # datafusion-postgres serves the file as `hcp` in its default schema
+                    text = script.replace("gtm.hcp", "hcp") if system == "datafusion-postgres" else script
+                    row[system] = self.repeat(lambda: self.pgbench(url, text, clients, seconds), runs)
                 self.results.append(("queries", f"{name}, {clients} client(s)", row))
 
     def bench_connections(self):
@@ -303,18 +356,30 @@ class Bench:
     def bench_stream(self):
         rows = 100_000 if self.smoke else 10_000_000
         runs = 1 if self.smoke else 3
-        row = {}
-        for system, url in self.systems()[:2]:
+        pids = {"lakegate": self.gw_pid, "datafusion-postgres": getattr(self, "dfpg_pid", None)}
+
+        def measure(system, url, args):
             def once():
+                self.reset_peak_rss(pids.get(system))
                 start = time.perf_counter()
-                subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", url, "-c",
-                                f"\\copy (SELECT * FROM generate_series(1, {rows})) TO '/dev/null'"],
-                               check=True, capture_output=True)
+                subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", url] + args,
+                               check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
                 elapsed = time.perf_counter() - start
-                return {"rows_per_s": rows / elapsed, "seconds": elapsed}
-            row[system] = self.repeat(once, runs)
-        row["lakegate"]["peak_rss_mb"] = self.peak_rss_mb(self.gw_pid)
+                result = {"rows_per_s": rows / elapsed, "seconds": elapsed}
+                if pids.get(system):
+                    result["peak_rss_mb"] = self.peak_rss_mb(pids[system])
+                return result
+            return self.repeat(once, runs)
+
+        # COPY: datafusion-postgres 0.19 has no COPY, so it is measured in the SELECT below.
+        copy = [f"\\copy (SELECT * FROM generate_series(1, {rows})) TO '/dev/null'"]
+        row = {system: measure(system, url, ["-c", copy[0]]) for system, url in self.systems()[:2]}
         self.results.append(("stream", f"COPY (SELECT * FROM generate_series(1, {rows:,})) TO STDOUT via psql", row))
+        # The same rows as a query result (psql -A -t, output to /dev/null): every system,
+        # datafusion-postgres included, sends DataRows; psql keeps the whole result in memory.
+        select = ["-A", "-t", "-c", f"SELECT * FROM generate_series(1, {rows})"]
+        row = {system: measure(system, url, select) for system, url in self.systems() if system != "pgbouncer"}
+        self.results.append(("stream", f"SELECT * FROM generate_series(1, {rows:,}) via psql (text rows)", row))
 
     def bench_tpch(self):
         """TPC-H-like queries as carol through the gateway (row filter on lineitem, phone numbers
@@ -335,25 +400,49 @@ class Bench:
             file, ms, rows = line.split()
             datafusion[Path(file).stem] = {"ms": float(ms), "rows": int(rows)}
         url = f"host=127.0.0.1 port={self.tpch_port} dbname=gtm user=carol password=carol sslmode=require"
+        lakegate = self.time_queries(url, queries, runs)
+        dfpg = {}
+        if self.dfpg:
+            # The raw files as `raw_<table>` and the rules as tpch-direct's views over them.
+            tables = {f"raw_{d.name}": d for d in sorted(self.tpch_data.iterdir())}
+            port, _ = self.launch_dfpg(tables)
+            views = subprocess.run([str(direct), "--views"], capture_output=True, text=True, check=True)
+            url = f"host=127.0.0.1 port={port} dbname=datafusion user=postgres sslmode=require"
+            with psycopg.connect(url, autocommit=True) as conn:
+                for view in views.stdout.splitlines():
+                    conn.execute(view)
+            dfpg = self.time_queries(url, queries, runs)
+        for query in queries:
+            row = {"lakegate": lakegate[query.stem], "datafusion": datafusion[query.stem]}
+            if dfpg:
+                row["datafusion-postgres"] = dfpg[query.stem]
+            for system, result in row.items():
+                if result["rows"] != row["datafusion"]["rows"]:
+                    raise SystemExit(f"{query.name}: {system} returned {result['rows']} rows, "
+                                     f"DataFusion {row['datafusion']['rows']}")
+            self.results.append(("tpch", f"TPC-H {query.stem.upper()} (SF {self.tpch_sf}) as carol: "
+                                         "lineitem row filter, c_phone hashed", row))
+
+    @staticmethod
+    def time_queries(url, queries, runs):
+        """Median time and row count of each query over one connection, after a warm-up run
+        (as tpch-direct does)."""
+        import psycopg
+        results = {}
         with psycopg.connect(url) as conn:
             for query in queries:
                 sql = query.read_text()
                 with conn.cursor() as cur:
                     cur.execute(sql)
-                    rows = len(cur.fetchall())  # warm-up, as tpch-direct does
+                    rows = len(cur.fetchall())
                     times = []
                     for _ in range(runs):
                         start = time.perf_counter()
                         cur.execute(sql)
                         cur.fetchall()
                         times.append((time.perf_counter() - start) * 1000)
-                peer = datafusion[query.stem]
-                if rows != peer["rows"]:
-                    raise SystemExit(f"{query.name}: the gateway returned {rows} rows, DataFusion {peer['rows']}")
-                self.results.append(("tpch", f"TPC-H {query.stem.upper()} (SF {self.tpch_sf}) as carol: "
-                                             "lineitem row filter, c_phone hashed",
-                                     {"lakegate": {"ms": statistics.median(times), "rows": rows},
-                                      "datafusion": peer}))
+                results[query.stem] = {"ms": statistics.median(times), "rows": rows}
+        return results
 
     def bench_idle(self):
         counts = [50] if self.smoke else [1000, 10000]
@@ -402,6 +491,16 @@ class Bench:
         return Bench.status_kb(pid, "VmRSS") / 1024
 
     @staticmethod
+    def reset_peak_rss(pid):
+        """Starts the process's peak RSS (VmHWM) afresh, so a peak is this step's, not the
+        highest since start (Linux: 5 > /proc/PID/clear_refs)."""
+        if pid:
+            try:
+                Path(f"/proc/{pid}/clear_refs").write_text("5")
+            except OSError as e:
+                print(f"cannot reset the peak RSS of {pid}: {e}", file=sys.stderr)
+
+    @staticmethod
     def peak_rss_mb(pid):
         return Bench.status_kb(pid, "VmHWM") / 1024
 
@@ -421,7 +520,10 @@ class Bench:
         pg_version = subprocess.run([pg_bin("postgres"), "--version"], capture_output=True, text=True).stdout.strip()
         bouncer = subprocess.run(["pgbouncer", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
         lines += [f"- machine: {os.cpu_count()} CPUs ({cpu}), {mem:.0f} GiB RAM, {platform.platform()}",
-                  f"- peers: {pg_version}; {bouncer}; gateway binary {self.args.gateway}",
+                  f"- peers: {pg_version}; {bouncer}; "
+                  + (f"datafusion-postgres-cli {DFPG_VERSION} ({self.dfpg}); " if self.dfpg
+                     else "datafusion-postgres-cli not installed (left out); ")
+                  + f"gateway binary {self.args.gateway}",
                   f"- mode: {'smoke (tiny, numbers meaningless)' if self.smoke else 'full'}; medians of repeated runs",
                   f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", ""]
         for kind, name, row in self.results:
@@ -470,6 +572,7 @@ def main():
     parser.add_argument("--smoke", action="store_true")
     target = os.environ.get("CARGO_TARGET_DIR", str(Path.home() / ".cache/lakegate-target"))
     parser.add_argument("--gateway", default=str(Path(target) / "release" / "lakegate"))
+    parser.add_argument("--datafusion-postgres", dest="datafusion_postgres")
     parser.add_argument("--out")
     parser.add_argument("--only", choices=["queries", "connections", "stream", "idle", "tpch"], action="append",
                         help="run only these measurements (repeatable)")
@@ -481,6 +584,8 @@ def main():
         bench.start_gateway()
         bench.start_postgres()
         bench.start_pgbouncer()
+        if not args.only or {"queries", "stream", "tpch"} & set(args.only):
+            bench.start_dfpg()
         # Idle memory first: later steps (the 10-million-row stream) leave the allocator's
         # high-water mark behind, which would be counted against the idle connections.
         steps = {"idle": bench.bench_idle, "queries": bench.bench_queries,

@@ -6,6 +6,10 @@
 //!
 //! usage: tpch-direct DATA_DIR RUNS QUERY.sql...
 //! prints, per query: `<file> <median ms> <rows>`
+//!
+//! usage: tpch-direct --views
+//! prints the views, one `CREATE VIEW` per line, over tables `raw_<name>`: `bench/run.py`
+//! gives datafusion-postgres the same rules with them.
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -28,18 +32,24 @@ async fn context(data: &Path) -> Result<SessionContext> {
             ParquetReadOptions::default(),
         )
         .await?;
-        let body = match table {
-            "lineitem" => format!("SELECT * FROM {raw} WHERE l_shipmode <> 'MAIL'"),
-            "customer" => format!(
-                "SELECT c_custkey, c_name, c_address, c_nationkey, \
-                 CASE WHEN c_phone IS NULL THEN NULL ELSE encode(sha256(CAST(c_phone AS VARCHAR)), 'hex') END AS c_phone, \
-                 c_acctbal, c_mktsegment, c_comment FROM {raw}"
-            ),
-            _ => format!("SELECT * FROM {raw}"),
-        };
-        ctx.sql(&format!("CREATE VIEW {table} AS {body}")).await?;
+        ctx.sql(&view(table)).await?;
     }
     Ok(ctx)
+}
+
+/// The benchmark policy as a view of `table` over `raw_<table>`.
+fn view(table: &str) -> String {
+    let raw = format!("raw_{table}");
+    let body = match table {
+        "lineitem" => format!("SELECT * FROM {raw} WHERE l_shipmode <> 'MAIL'"),
+        "customer" => format!(
+            "SELECT c_custkey, c_name, c_address, c_nationkey, \
+             CASE WHEN c_phone IS NULL THEN NULL ELSE encode(sha256(CAST(c_phone AS VARCHAR)), 'hex') END AS c_phone, \
+             c_acctbal, c_mktsegment, c_comment FROM {raw}"
+        ),
+        _ => format!("SELECT * FROM {raw}"),
+    };
+    format!("CREATE VIEW {table} AS {body}")
 }
 
 /// Runs a query to the end; the number of rows, to compare with the gateway's answer.
@@ -50,6 +60,12 @@ async fn run(ctx: &SessionContext, sql: &str) -> Result<usize> {
 
 async fn main_inner() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--views") {
+        for table in TABLES {
+            println!("{}", view(table));
+        }
+        return Ok(());
+    }
     let (Some(data), Some(runs)) = (
         args.first(),
         args.get(1).and_then(|r| r.parse::<usize>().ok()),
