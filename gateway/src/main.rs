@@ -571,10 +571,10 @@ async fn check(config_path: &Path) -> Result<(), StartupError> {
         let Some(identity) = lake.identity_of(&user.name) else {
             continue;
         };
-        let session = lake.session_for(identity, None).await?;
+        let mut session = lake.session_for(identity, None).await?;
         granted += session.granted;
-        problems.extend(session.problems);
-        for view in session.hidden_views {
+        problems.append(&mut session.problems);
+        for view in std::mem::take(&mut session.hidden_views) {
             println!("note: user {}: view {view}", user.name);
         }
     }
