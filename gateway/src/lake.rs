@@ -520,3 +520,36 @@ impl Visible {
             || self.tables.keys().any(|(s, _)| s == name)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_session_is_freed_when_dropped() {
+        let quickstart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart");
+        crate::demo::ensure(&quickstart.join("data")).expect("demo data");
+        let config = Config::load(&quickstart.join("lakegate.yaml")).expect("config");
+        let (catalog, _) = crate::load_catalog(&config, None).await.expect("catalog");
+        let policy = crate::load_policy(&config.policy).expect("policy");
+        let lake = Lake::new(Arc::new(config), catalog, policy, None).expect("lake");
+        let identity = lake.identity_of("carol").expect("carol");
+        let session = lake.session_for(identity, None).await.expect("session");
+        // pg_catalog (registered in the session's catalog list, holding that list) must not
+        // keep the list alive once the session is gone.
+        let catalogs = Arc::downgrade(session.context.state_ref().read().catalog_list());
+        assert!(
+            session
+                .context
+                .table_exist("pg_catalog.pg_class")
+                .expect("lookup")
+        );
+        drop(session);
+        assert!(
+            catalogs.upgrade().is_none(),
+            "the session's catalogs outlived it"
+        );
+    }
+}
