@@ -1,19 +1,25 @@
 //! `COPY ... TO STDOUT` (psql's `\copy ... to`): the source is turned into a query and runs
 //! through the same gate, planner and policy as any SELECT. COPY to or from files and programs,
 //! and COPY FROM STDIN (a write), are refused by the gate.
+//!
+//! The rows are written straight from the query's Arrow batches: arrow-pg turns each value
+//! into PostgreSQL's text form (honouring the session's DateStyle and the like) through the
+//! `Encoder` below, which adds COPY's escaping or CSV quoting into one buffer. pgwire's own
+//! `CopyEncoder` allocates per field and ignores the session's format options; at millions
+//! of rows its allocations, and re-reading text DataRows, cost more than the query itself.
 use std::sync::Arc;
 
+use bytes::{BufMut, BytesMut};
+use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::sql::sqlparser::ast::{CopyOption, CopySource, CopyTarget, Statement};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
-use futures::{Stream, StreamExt};
-use pgwire::api::Type;
-use pgwire::api::results::{
-    CopyCsvOptions, CopyEncoder, CopyResponse, CopyTextOptions, FieldFormat, FieldInfo,
-};
-use pgwire::error::PgWireResult;
+use futures::{Stream, StreamExt, stream};
+use pgwire::api::results::{CopyResponse, FieldInfo};
+use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::copy::CopyData;
-use pgwire::messages::data::DataRow;
+use pgwire::types::ToSqlText;
+use postgres_types::{IsNull, ToSql};
 
 use crate::error::QueryError;
 
@@ -87,106 +93,240 @@ pub fn copy_out(statement: &Statement) -> Result<Option<CopyOut>, QueryError> {
             }
         }
     }
-    if out.header && !out.csv {
-        return Err(QueryError::Unsupported(
-            "COPY HEADER available only in CSV mode".into(),
-        ));
-    }
     Ok(Some(out))
 }
 
 impl CopyOut {
-    /// Turns text-encoded rows (arrow-pg's DataRows) into COPY data in the requested format.
+    /// The COPY data of a query's batches: one message per row (pgwire counts messages for
+    /// the `COPY n` tag), the CSV header in front of the first.
     pub fn response(
         &self,
-        names: Vec<String>,
-        rows: impl Stream<Item = PgWireResult<DataRow>> + Send + 'static,
-    ) -> CopyResponse {
-        let schema: Arc<Vec<FieldInfo>> = Arc::new(
-            names
-                .iter()
-                .map(|n| FieldInfo::new(n.clone(), None, None, Type::TEXT, FieldFormat::Text))
-                .collect(),
-        );
-        let columns = schema.len();
-        let mut encoder = if self.csv {
-            let mut options = CopyCsvOptions::default();
-            if let Some(d) = self.delimiter {
-                options.delimiter = d.to_string().into();
-            }
-            if let Some(n) = &self.null {
-                options.null_string = n.as_str().into();
-            }
-            CopyEncoder::new_csv(schema, options)
-        } else {
-            let mut options = CopyTextOptions::default();
-            if let Some(d) = self.delimiter {
-                options.delimiter = d.to_string().into();
-            }
-            if let Some(n) = &self.null {
-                options.null_string = n.as_str().into();
-            }
-            CopyEncoder::new_text(schema, options)
-        };
-        // The header travels in the first row's CopyData, so the command tag counts rows only
-        // ("COPY n", as PostgreSQL reports it).
-        let mut header = None;
+        fields: Arc<Vec<FieldInfo>>,
+        batches: impl Stream<Item = Result<RecordBatch, QueryError>> + Send + Unpin + 'static,
+    ) -> Result<CopyResponse, QueryError> {
+        let columns = fields.len();
+        let mut encoder = RowEncoder::new(self, columns)?;
         if self.header {
-            for name in &names {
-                if let Err(e) = encoder.encode_field(&Some(name.as_str())) {
-                    return CopyResponse::new(0, columns, futures::stream::iter(vec![Err(e)]));
-                }
+            for field in fields.iter() {
+                encoder.field(Some(field.name().as_bytes()));
             }
-            header = Some(encoder.take_copy().data);
+            encoder.out.put_u8(b'\n');
+            encoder.column = 0;
         }
-        let pending = Arc::new(std::sync::Mutex::new(header));
-        let first = pending.clone();
-        let body = rows.map(move |row| -> PgWireResult<CopyData> {
-            let row = row?;
-            for value in fields(&row) {
-                encoder.encode_field(&value)?;
+        let body = stream::unfold(Some((batches, encoder, fields)), |state| async move {
+            let (mut batches, mut encoder, fields) = state?;
+            match batches.next().await {
+                Some(Ok(batch)) => {
+                    let rows = encoder.batch(&batch, &fields);
+                    Some((stream::iter(rows), Some((batches, encoder, fields))))
+                }
+                Some(Err(e)) => Some((stream::iter(vec![Err(e.into())]), None)),
+                // no rows at all: the header alone
+                None if !encoder.out.is_empty() => {
+                    let header = CopyData::new(encoder.out.split().freeze());
+                    Some((stream::iter(vec![Ok(header)]), None))
+                }
+                None => None,
             }
-            let data = encoder.take_copy();
-            match first.lock().ok().and_then(|mut h| h.take()) {
-                Some(header) => Ok(CopyData::new([header, data.data].concat().into())),
-                None => Ok(data),
-            }
-        });
-        // no rows at all: the header alone
-        let rest = futures::stream::iter(std::iter::from_fn(move || {
-            pending
-                .lock()
-                .ok()
-                .and_then(|mut h| h.take())
-                .map(|h| Ok(CopyData::new(h)))
-        }));
-        CopyResponse::new(0, columns, body.chain(rest))
+        })
+        .flatten();
+        Ok(CopyResponse::new(0, columns, body))
     }
 }
 
-/// The text values of a DataRow: each field is a length (-1 for NULL) and its bytes.
-fn fields(row: &DataRow) -> Vec<Option<String>> {
-    let data = row.data.as_ref();
-    let mut out = Vec::with_capacity(row.field_count.max(0) as usize);
-    let mut at = 0usize;
-    for _ in 0..row.field_count {
-        let Some(len) = data
-            .get(at..at + 4)
-            .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-        else {
-            break;
+/// Text or CSV, as PostgreSQL writes them (`CopyAttributeOutText`, `CopyAttributeOutCSV`).
+enum Style {
+    Text,
+    /// A lone `\.` is quoted only where it would read as the end of the data: alone on a line.
+    Csv {
+        quote: u8,
+        single_column: bool,
+    },
+}
+
+/// Writes rows of COPY text or CSV into one growing buffer; each finished row is split off
+/// as its own message without copying.
+struct RowEncoder {
+    style: Style,
+    delimiter: u8,
+    null: Vec<u8>,
+    column: usize,
+    /// One value's text, reused for every value.
+    value: BytesMut,
+    out: BytesMut,
+}
+
+/// Room the output buffer keeps ahead, so that rows are split off one allocation.
+const OUT_CHUNK: usize = 64 * 1024;
+
+impl RowEncoder {
+    fn new(copy: &CopyOut, columns: usize) -> Result<RowEncoder, QueryError> {
+        let delimiter = match copy.delimiter {
+            None if copy.csv => b',',
+            None => b'\t',
+            Some(d) => single_byte(d)?,
         };
-        at += 4;
-        if len < 0 {
-            out.push(None);
-            continue;
+        if delimiter == b'\n' || delimiter == b'\r' {
+            return Err(QueryError::InvalidParameter(
+                "COPY delimiter cannot be newline or carriage return".into(),
+            ));
         }
-        let end = at + len as usize;
-        out.push(
-            data.get(at..end)
-                .map(|b| String::from_utf8_lossy(b).into_owned()),
-        );
-        at = end;
+        if !copy.csv && b"\\.abcdefghijklmnopqrstuvwxyz0123456789".contains(&delimiter) {
+            return Err(QueryError::InvalidParameter(format!(
+                "COPY delimiter cannot be \"{}\"",
+                delimiter as char
+            )));
+        }
+        if copy.csv && delimiter == b'"' {
+            return Err(QueryError::InvalidParameter(
+                "COPY delimiter and quote must be different".into(),
+            ));
+        }
+        let null = match &copy.null {
+            Some(n) if n.contains(['\n', '\r']) => {
+                return Err(QueryError::InvalidParameter(
+                    "COPY null representation cannot use newline or carriage return".into(),
+                ));
+            }
+            Some(n) => n.clone().into_bytes(),
+            None if copy.csv => Vec::new(),
+            None => b"\\N".to_vec(),
+        };
+        let style = if copy.csv {
+            Style::Csv {
+                quote: b'"',
+                single_column: columns == 1,
+            }
+        } else {
+            Style::Text
+        };
+        Ok(RowEncoder {
+            style,
+            delimiter,
+            null,
+            column: 0,
+            value: BytesMut::new(),
+            out: BytesMut::with_capacity(OUT_CHUNK),
+        })
     }
-    out
+
+    fn batch(&mut self, batch: &RecordBatch, fields: &[FieldInfo]) -> Vec<PgWireResult<CopyData>> {
+        let schema = batch.schema_ref();
+        let mut rows = Vec::with_capacity(batch.num_rows());
+        for row in 0..batch.num_rows() {
+            for (index, (column, field)) in batch.columns().iter().zip(fields).enumerate() {
+                let arrow_field = schema.field(index);
+                let encoded =
+                    arrow_pg::encoder::encode_value(self, column, row, arrow_field, field);
+                if let Err(e) = encoded {
+                    rows.push(Err(e));
+                    return rows;
+                }
+            }
+            rows.push(Ok(arrow_pg::encoder::Encoder::take_row(self)));
+        }
+        rows
+    }
+
+    /// One value (`None`: NULL), after a delimiter unless it is the row's first.
+    fn field(&mut self, value: Option<&[u8]>) {
+        if self.column > 0 {
+            self.out.put_u8(self.delimiter);
+        }
+        self.column += 1;
+        let Some(value) = value else {
+            self.out.put_slice(&self.null);
+            return;
+        };
+        match self.style {
+            Style::Text => escape_text(&mut self.out, value, self.delimiter),
+            Style::Csv {
+                quote,
+                single_column,
+            } => {
+                // PostgreSQL quotes a value that could be misread: one holding the delimiter,
+                // the quote or a line break, one equal to the NULL marker, and `\.` alone on
+                // its line.
+                let needs_quotes = value
+                    .iter()
+                    .any(|&b| b == self.delimiter || b == quote || b == b'\n' || b == b'\r')
+                    || value == self.null.as_slice()
+                    || (single_column && value == b"\\.");
+                if needs_quotes {
+                    self.out.put_u8(quote);
+                    for &b in value {
+                        if b == quote {
+                            self.out.put_u8(quote);
+                        }
+                        self.out.put_u8(b);
+                    }
+                    self.out.put_u8(quote);
+                } else {
+                    self.out.put_slice(value);
+                }
+            }
+        }
+    }
+}
+
+impl arrow_pg::encoder::Encoder for RowEncoder {
+    type Item = CopyData;
+
+    fn encode_field<T>(&mut self, value: &T, pg_field: &FieldInfo) -> PgWireResult<()>
+    where
+        T: ToSql + ToSqlText + Sized,
+    {
+        let mut text = std::mem::take(&mut self.value);
+        text.clear();
+        let written = value
+            .to_sql_text(pg_field.datatype(), &mut text, pg_field.format_options())
+            .map_err(PgWireError::ApiError);
+        let result = written.map(|is_null| match is_null {
+            IsNull::Yes => self.field(None),
+            IsNull::No => self.field(Some(&text)),
+        });
+        self.value = text;
+        result
+    }
+
+    fn take_row(&mut self) -> CopyData {
+        self.out.put_u8(b'\n');
+        self.column = 0;
+        let row = self.out.split().freeze();
+        if self.out.capacity() < 1024 {
+            self.out.reserve(OUT_CHUNK);
+        }
+        CopyData::new(row)
+    }
+}
+
+/// COPY's text escaping: backslash, the delimiter and control characters get a backslash.
+fn escape_text(out: &mut BytesMut, value: &[u8], delimiter: u8) {
+    let plain = |b: u8| b >= 0x20 && b != b'\\' && b != delimiter;
+    if value.iter().all(|&b| plain(b)) {
+        out.put_slice(value);
+        return;
+    }
+    for &b in value {
+        match b {
+            0x08 => out.put_slice(b"\\b"),
+            0x0c => out.put_slice(b"\\f"),
+            b'\n' => out.put_slice(b"\\n"),
+            b'\r' => out.put_slice(b"\\r"),
+            b'\t' => out.put_slice(b"\\t"),
+            0x0b => out.put_slice(b"\\v"),
+            b'\\' => out.put_slice(b"\\\\"),
+            b if b == delimiter => {
+                out.put_u8(b'\\');
+                out.put_u8(b);
+            }
+            b => out.put_u8(b),
+        }
+    }
+}
+
+fn single_byte(c: char) -> Result<u8, QueryError> {
+    u8::try_from(c).ok().filter(u8::is_ascii).ok_or_else(|| {
+        QueryError::Unsupported("COPY delimiter must be a single one-byte character".into())
+    })
 }

@@ -48,6 +48,8 @@ pub enum QueryError {
     Syntax(String),
     #[error("{0}")]
     Unsupported(String),
+    #[error("{0}")]
+    InvalidParameter(String),
     #[error("canceling statement due to user request")]
     Cancelled,
     #[error("canceling statement due to statement timeout")]
@@ -73,6 +75,7 @@ impl QueryError {
             QueryError::UndefinedSetting(_) => "42704",
             QueryError::Syntax(_) => "42601",
             QueryError::Unsupported(_) => "0A000",
+            QueryError::InvalidParameter(_) => "22023",
             QueryError::Cancelled | QueryError::StatementTimeout => "57014",
             QueryError::Execution(_) => "22000",
             QueryError::Aws(e) => e.sqlstate(),

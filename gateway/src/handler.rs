@@ -284,6 +284,32 @@ where
     C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
     PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
 {
+    let (fields, batches) =
+        execute_batches(client, session, statement, plan, format, claim_cancel).await?;
+    let rows = encode_rows(fields.clone(), batches);
+    Ok(QueryResponse::new(fields, rows))
+}
+
+/// A running query's batches, ended by a cancel request, the statement timeout or the client
+/// leaving, as `cancellable` describes.
+type Batches = std::pin::Pin<
+    Box<dyn futures::Stream<Item = Result<RecordBatch, QueryError>> + Send + 'static>,
+>;
+
+/// `execute` up to the batches: the columns as the client is told them, and the rows still
+/// in Arrow form (COPY encodes them itself).
+async fn execute_batches<C>(
+    client: &mut C,
+    session: &UserSession,
+    statement: &Statement,
+    plan: LogicalPlan,
+    format: &Format,
+    claim_cancel: bool,
+) -> PgWireResult<(Arc<Vec<FieldInfo>>, Batches)>
+where
+    C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
     let cancel = client
         .session_extensions()
         .get::<Arc<ConnectionHandle>>()
@@ -303,8 +329,10 @@ where
         .map(|p| (*p).clone());
     let deadline = statement_deadline(client);
     let batches = first_batch(client, session, batches, deadline, peer.clone()).await?;
-    let rows = encode_rows(fields.clone(), cancellable(batches, cancel, deadline, peer));
-    Ok(QueryResponse::new(fields, rows))
+    Ok((
+        fields,
+        Box::pin(cancellable(batches, cancel, deadline, peer)),
+    ))
 }
 
 /// Waits for a query's first batch (an error then is the statement's error, before any row
@@ -363,7 +391,7 @@ where
     PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
 {
     let plan = plan_statement(session, &copy.query).await?;
-    let mut rows = execute(
+    let (fields, batches) = execute_batches(
         client,
         session,
         &copy.query,
@@ -372,13 +400,7 @@ where
         true,
     )
     .await?;
-    let names = rows
-        .row_schema()
-        .iter()
-        .map(|f| f.name().to_string())
-        .collect();
-    let stream = std::mem::replace(rows.data_rows(), Box::pin(stream::empty()));
-    Ok(Response::CopyOut(copy.response(names, stream)))
+    Ok(Response::CopyOut(copy.response(fields, batches)?))
 }
 
 fn pgwire_fields<C: ClientInfo + ?Sized>(
