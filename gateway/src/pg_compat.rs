@@ -3,7 +3,7 @@
 //! come from Lakegate itself: the server version, the user's name, privileges from policy, and
 //! table and column comments from the catalog.
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, Mutex};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{Array, ArrayRef, BooleanBuilder, StringArray};
@@ -163,7 +163,7 @@ pub async fn install(
     let pg_settings = crate::settings::pg_settings_sql(&settings);
     ctx.register_udf(crate::settings::current_setting_udf(settings));
     let descriptions = descriptions_view(ctx, comments).await?;
-    let pg_settings = view(ctx, &pg_settings).await?;
+    let pg_settings = shared_view(pg_settings).await?;
     // The gateway's users are not PostgreSQL roles; the connected user is the one role a
     // client can look up (DBeaver and others read their own row on connect).
     let pg_roles = view(
@@ -185,7 +185,7 @@ pub async fn install(
         return Ok(());
     };
     let pg_type = match inner.table("pg_type").await? {
-        Some(table) => view(ctx, &pg_type_sql(&table.schema())).await?,
+        Some(table) => shared_view(pg_type_sql(&table.schema())).await?,
         None => return Ok(()),
     };
     let overlay = Overlay {
@@ -229,6 +229,42 @@ async fn view(ctx: &SessionContext, sql: &str) -> DfResult<Arc<dyn TableProvider
     let statement = state.sql_to_statement(sql, &datafusion::config::Dialect::PostgreSQL)?;
     let plan = state.statement_to_plan(statement).await?;
     Ok(Arc::new(ViewTable::new(plan, Some(sql.to_string()))))
+}
+
+/// A view whose rows are the same in every session (pg_type over the static catalog tables,
+/// pg_settings with its defaults), planned once per process and shared by all sessions. Planned
+/// per session, pg_type's plan (it joins pg_proc once per function column) was about a third
+/// of every connection's memory.
+async fn shared_view(sql: String) -> DfResult<Arc<dyn TableProvider>> {
+    static VIEWS: LazyLock<Mutex<HashMap<String, Arc<dyn TableProvider>>>> =
+        LazyLock::new(Default::default);
+    let cached = VIEWS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&sql)
+        .cloned();
+    if let Some(view) = cached {
+        return Ok(view);
+    }
+    // A context holding nothing but pg_catalog's static tables: no user's catalog can end up
+    // in a plan every session shares.
+    let ctx = SessionContext::new();
+    let catalog = "datafusion";
+    crate::pg_catalog_setup::setup(&ctx, catalog)?;
+    let planned = view(&ctx, &sql).await;
+    // pg_catalog's provider holds the catalog list it is registered in: break the cycle so
+    // the planning context is freed.
+    if let Some(c) = ctx.catalog(catalog) {
+        let _ = c.deregister_schema("pg_catalog", true);
+    }
+    let planned = planned?;
+    let mut views = VIEWS.lock().unwrap_or_else(|e| e.into_inner());
+    // Settings change only with the configuration: a handful of entries at most.
+    if views.len() >= 16 {
+        views.clear();
+    }
+    views.insert(sql, planned.clone());
+    Ok(planned)
 }
 
 /// Sets the user name the session's `current_user` and `session_user` return.
