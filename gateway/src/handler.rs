@@ -64,7 +64,8 @@ impl QueryHandler {
     }
 }
 
-/// The user's session, built on first use after login and kept for the connection.
+/// The connection's session, made on first use after login over the user's shared catalog
+/// (`Lake::session`) and kept for the connection.
 async fn user_session<C: ClientInfo + ?Sized>(
     lake: &Lake,
     client: &C,
@@ -92,7 +93,7 @@ async fn user_session<C: ClientInfo + ?Sized>(
         .session_extensions()
         .get::<crate::auth::LoginToken>()
         .map(|t| (*t).clone());
-    let session = lake.session_for(identity, token).await.map_err(|e| {
+    let session = lake.session(identity, token).await.map_err(|e| {
         tracing::error!(user = %user, error = %e, "cannot build session");
         PgWireError::from(QueryError::Internal)
     })?;

@@ -2,6 +2,7 @@
 //! the tables (and columns) policy lets that user read, with `EnforcePolicy` as the first
 //! analyzer rule so every plan of the session is rewritten.
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
@@ -12,8 +13,8 @@ use datafusion::catalog::{
 };
 use datafusion::common::TableReference;
 use datafusion::error::Result as DfResult;
-use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::QueryPlanner;
+use datafusion::execution::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
@@ -47,6 +48,9 @@ pub struct Lake {
     /// Athena, when the configuration has it.
     pub athena: Option<Arc<Athena>>,
     tables: RwLock<Arc<Tables>>,
+    /// Bumped when the tables are replaced: sessions built before are not handed out again.
+    generation: AtomicU64,
+    sessions: Sessions,
 }
 
 /// The catalog and the raw DataFusion table of each catalog table.
@@ -102,33 +106,73 @@ impl Tables {
     }
 }
 
-/// One user's session: who they are and the DataFusion context holding only what they may read.
-pub struct UserSession {
+/// What every connection of one user shares: the catalog of what the user may read (policy
+/// compiled into it), pg_catalog and information_schema over it, and the session's functions.
+/// Built once per user, login token and generation of the tables, and cached while in use
+/// (`Lake::session`): building it was most of a login's work and of an idle connection's
+/// memory. Each connection starts its own context from it.
+pub struct UserCatalog {
     pub identity: Identity,
-    pub context: SessionContext,
+    token: Option<LoginToken>,
+    personas: Vec<String>,
+    state: SessionState,
     /// Tables hidden because their rule does not compile (for `lakegate check`; also logged).
     pub problems: Vec<String>,
     /// Views hidden because their body does not plan for this user (invoker's rights).
     pub hidden_views: Vec<String>,
     /// How many tables and views this user may read.
     pub granted: usize,
-    /// NOTICEs for this user's client from engines running their queries.
-    pub notices: Arc<Notices>,
 }
 
-/// pg_catalog's schema provider holds the session's catalog list, in which it is registered
-/// (and the pg_catalog views hold its tables): a reference cycle that kept every session's
-/// context alive after its connection closed (about 250 KB per login, found by bench/run.py's
-/// login step). Unregistering the schemas when the last user of the session lets go breaks it.
-impl Drop for UserSession {
+/// pg_catalog's schema provider holds the catalog list in which it is registered (and the
+/// pg_catalog views hold its tables): a reference cycle that kept every session alive after
+/// its connections closed (about 250 KB per login, found by bench/run.py's login step).
+/// Unregistering the schemas when the last connection and the cache let go breaks it.
+impl Drop for UserCatalog {
     fn drop(&mut self) {
-        for catalog_name in self.context.catalog_names() {
-            if let Some(catalog) = self.context.catalog(&catalog_name) {
+        let catalogs = self.state.catalog_list();
+        for catalog_name in catalogs.catalog_names() {
+            if let Some(catalog) = catalogs.catalog(&catalog_name) {
                 for schema in catalog.schema_names() {
                     let _ = catalog.deregister_schema(&schema, true);
                 }
             }
         }
+    }
+}
+
+/// One connection's session: the user's shared catalog and the connection's own DataFusion
+/// context over it. SET (search path, time zone) changes this context only, and NOTICEs from
+/// engines reach this connection only.
+pub struct UserSession {
+    pub identity: Identity,
+    pub context: SessionContext,
+    /// NOTICEs for this connection's client from engines running its queries.
+    pub notices: Arc<Notices>,
+    pub catalog: Arc<UserCatalog>,
+}
+
+/// Sessions of equal keys are the same: the user as their login proved them (name, groups,
+/// attributes, expiry), the token (roles assumed with `web_identity` use it) and which
+/// tables the lake served when the session was built.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct SessionKey {
+    identity: Identity,
+    token: Option<String>,
+    generation: u64,
+}
+
+/// Users' catalogs, shared by their connections. An entry idle for `SESSION_IDLE` is dropped
+/// (connections using it keep it); a client that reconnects for every query (Power BI,
+/// `pgbench -C`) finds its catalog still built.
+struct Sessions(moka::future::Cache<SessionKey, Arc<UserCatalog>>);
+
+const SESSION_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+const SESSIONS_CACHED: u64 = 1_000;
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Sessions({})", self.0.entry_count())
     }
 }
 
@@ -186,6 +230,13 @@ impl Lake {
             router: Arc::new(router),
             athena,
             tables: RwLock::new(Arc::new(tables)),
+            generation: AtomicU64::new(0),
+            sessions: Sessions(
+                moka::future::Cache::builder()
+                    .max_capacity(SESSIONS_CACHED)
+                    .time_to_idle(SESSION_IDLE)
+                    .build(),
+            ),
         })
     }
 
@@ -204,6 +255,7 @@ impl Lake {
             Err(poisoned) => poisoned.into_inner(),
         };
         *slot = Arc::new(tables);
+        self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
     pub fn identity_of(&self, user: &str) -> Option<Identity> {
@@ -252,32 +304,102 @@ impl Lake {
         SessionContext::new_with_state(state)
     }
 
-    /// Builds the session of one user. A table whose policy cannot be compiled is left out
-    /// (fail closed) and logged for the operator.
+    /// A connection's session, over the user's catalog as cached (built when missing; callers
+    /// that arrive while it is built wait for it).
     /// `token`: the company token the user logged in with, if any (for `web_identity` roles).
+    pub async fn session(
+        &self,
+        identity: Identity,
+        token: Option<LoginToken>,
+    ) -> Result<UserSession, StartupError> {
+        let key = SessionKey {
+            identity: identity.clone(),
+            token: token.as_ref().map(|t| t.0.clone()),
+            generation: self.generation.load(Ordering::SeqCst),
+        };
+        let catalog = self
+            .sessions
+            .0
+            .try_get_with(key, async {
+                self.user_catalog(identity, token).await.map(Arc::new)
+            })
+            .await
+            .map_err(|e| StartupError::Other(e.to_string()))?;
+        Ok(self.connect(catalog))
+    }
+
+    /// A session over a catalog built for this call alone (`lakegate check`, tests).
     pub async fn session_for(
         &self,
         identity: Identity,
         token: Option<LoginToken>,
     ) -> Result<UserSession, StartupError> {
-        let personas = self.policy.personas_of(&identity);
+        let catalog = self.user_catalog(identity, token).await?;
+        Ok(self.connect(Arc::new(catalog)))
+    }
+
+    /// A connection's own context over the user's catalog, with its own query planner (for
+    /// its NOTICEs). The catalogs and functions are the catalog's; settings are copied.
+    fn connect(&self, catalog: Arc<UserCatalog>) -> UserSession {
         let notices = Arc::new(Notices::default());
+        let planner = self.planner(
+            &catalog.identity,
+            catalog.token.clone(),
+            &catalog.personas,
+            notices.clone(),
+        );
+        let state = SessionStateBuilder::new_from_existing(catalog.state.clone())
+            .with_query_planner(Arc::new(planner))
+            .build();
+        UserSession {
+            identity: catalog.identity.clone(),
+            context: SessionContext::new_with_state(state),
+            notices,
+            catalog,
+        }
+    }
+
+    fn planner(
+        &self,
+        identity: &Identity,
+        token: Option<LoginToken>,
+        personas: &[String],
+        notices: Arc<Notices>,
+    ) -> PolicyQueryPlanner {
         let athena = self.athena.as_ref().map(|athena| {
             Arc::new(UserAthena {
                 athena: athena.clone(),
                 identity: identity.clone(),
-                token: token.clone(),
-                personas: personas.clone(),
-                notices: notices.clone(),
+                token,
+                personas: personas.to_vec(),
+                notices,
             })
         });
-        let context = self.session_context(PolicyQueryPlanner {
+        PolicyQueryPlanner {
             router: self.router.clone(),
             identity: identity.clone(),
-            personas: personas.clone(),
+            personas: personas.to_vec(),
             aws: self.aws.clone(),
             athena,
-        });
+        }
+    }
+
+    /// Builds the catalog of one user. A table whose policy cannot be compiled is left out
+    /// (fail closed) and logged for the operator.
+    async fn user_catalog(
+        &self,
+        identity: Identity,
+        token: Option<LoginToken>,
+    ) -> Result<UserCatalog, StartupError> {
+        let personas = self.policy.personas_of(&identity);
+        // Connections bring their own planner (`connect`); this one only builds.
+        let planner = self.planner(
+            &identity,
+            token.clone(),
+            &personas,
+            Arc::new(Notices::default()),
+        );
+        let context = self.session_context(planner);
         let state = context.state();
         let catalog = Arc::new(MemoryCatalogProvider::new());
         context.register_catalog(&self.config.database, catalog.clone());
@@ -371,8 +493,15 @@ impl Lake {
                 }
             }
             let buckets: Vec<S3Bucket> = buckets.into_values().collect();
-            crate::aws::register_user_stores(&context, aws, &identity, token, &personas, &buckets)
-                .map_err(StartupError::Other)?;
+            crate::aws::register_user_stores(
+                &context,
+                aws,
+                &identity,
+                token.clone(),
+                &personas,
+                &buckets,
+            )
+            .map_err(StartupError::Other)?;
         }
         for (name, schema) in &schemas {
             if schema.table_names().is_empty() {
@@ -388,13 +517,14 @@ impl Lake {
             .map_err(|e| StartupError::Other(format!("pg_catalog setup: {e}")))?;
         pg_compat::set_user(&context, &identity.name);
         pg_compat::set_schema(&context, &self.default_schema);
-        Ok(UserSession {
+        Ok(UserCatalog {
             identity,
-            context,
+            token,
+            personas,
+            state: context.state(),
             problems,
             hidden_views,
             granted: visible.tables.len(),
-            notices,
         })
     }
 }
@@ -527,14 +657,94 @@ mod tests {
 
     use super::*;
 
-    #[tokio::test]
-    async fn a_session_is_freed_when_dropped() {
+    async fn quickstart() -> (Lake, Config) {
         let quickstart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart");
         crate::demo::ensure(&quickstart.join("data")).expect("demo data");
         let config = Config::load(&quickstart.join("lakegate.yaml")).expect("config");
         let (catalog, _) = crate::load_catalog(&config, None).await.expect("catalog");
         let policy = crate::load_policy(&config.policy).expect("policy");
-        let lake = Lake::new(Arc::new(config), catalog, policy, None).expect("lake");
+        let lake = Lake::new(Arc::new(config.clone()), catalog, policy, None).expect("lake");
+        (lake, config)
+    }
+
+    async fn one_value(session: &UserSession, sql: &str) -> String {
+        let batches = session
+            .context
+            .sql(sql)
+            .await
+            .expect("plan")
+            .collect()
+            .await
+            .expect("run");
+        datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+            .expect("format")
+            .to_string()
+    }
+
+    #[tokio::test]
+    async fn connections_of_a_user_share_the_catalog_not_the_settings() {
+        let (lake, _) = quickstart().await;
+        let carol = || lake.identity_of("carol").expect("carol");
+        let first = lake.session(carol(), None).await.expect("session");
+        let second = lake.session(carol(), None).await.expect("session");
+        assert!(Arc::ptr_eq(&first.catalog, &second.catalog));
+        // SET search_path on one connection (what `set_search_path` does)
+        first
+            .context
+            .state_ref()
+            .write()
+            .config_mut()
+            .options_mut()
+            .catalog
+            .default_schema = "pg_catalog".into();
+        pg_compat::set_schema(&first.context, "pg_catalog");
+        assert!(
+            one_value(&first, "SELECT current_schema()")
+                .await
+                .contains("pg_catalog")
+        );
+        assert!(
+            one_value(&second, "SELECT current_schema()")
+                .await
+                .contains("gtm")
+        );
+        assert!(
+            one_value(&second, "SELECT count(*) FROM hcp")
+                .await
+                .contains('|')
+        );
+        assert!(first.context.sql("SELECT count(*) FROM hcp").await.is_err());
+        assert!(!Arc::ptr_eq(&first.notices, &second.notices));
+    }
+
+    #[tokio::test]
+    async fn other_users_tokens_and_tables_get_their_own_catalog() {
+        let (lake, config) = quickstart().await;
+        let carol = || lake.identity_of("carol").expect("carol");
+        let first = lake.session(carol(), None).await.expect("session");
+        let alice = lake
+            .session(lake.identity_of("alice").expect("alice"), None)
+            .await
+            .expect("session");
+        assert!(!Arc::ptr_eq(&first.catalog, &alice.catalog));
+        let mut other_groups = carol();
+        other_groups.groups.push("eu-sales".into());
+        let regrouped = lake.session(other_groups, None).await.expect("session");
+        assert!(!Arc::ptr_eq(&first.catalog, &regrouped.catalog));
+        let with_token = lake
+            .session(carol(), Some(LoginToken("a.b.c".into())))
+            .await
+            .expect("session");
+        assert!(!Arc::ptr_eq(&first.catalog, &with_token.catalog));
+        let (catalog, _) = crate::load_catalog(&config, None).await.expect("catalog");
+        lake.replace_tables(Tables::new(catalog, None, None).expect("tables"));
+        let after_reload = lake.session(carol(), None).await.expect("session");
+        assert!(!Arc::ptr_eq(&first.catalog, &after_reload.catalog));
+    }
+
+    #[tokio::test]
+    async fn a_session_is_freed_when_dropped() {
+        let (lake, _) = quickstart().await;
         let identity = lake.identity_of("carol").expect("carol");
         let session = lake.session_for(identity, None).await.expect("session");
         // pg_catalog (registered in the session's catalog list, holding that list) must not

@@ -571,10 +571,10 @@ async fn check(config_path: &Path) -> Result<(), StartupError> {
         let Some(identity) = lake.identity_of(&user.name) else {
             continue;
         };
-        let mut session = lake.session_for(identity, None).await?;
-        granted += session.granted;
-        problems.append(&mut session.problems);
-        for view in std::mem::take(&mut session.hidden_views) {
+        let session = lake.session_for(identity, None).await?;
+        granted += session.catalog.granted;
+        problems.extend(session.catalog.problems.iter().cloned());
+        for view in &session.catalog.hidden_views {
             println!("note: user {}: view {view}", user.name);
         }
     }

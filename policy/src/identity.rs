@@ -4,7 +4,7 @@ use std::time::SystemTime;
 /// Who is asking: the outcome of any login path (a local SCRAM user or a company token).
 /// Policy matches on the user name, groups and personas, and row filters may read these
 /// values as `${user.name}`, `${user.groups}` and `${user.<attribute>}`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Identity {
     pub name: String,
     pub groups: Vec<String>,
