@@ -13,6 +13,7 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::context::SQLOptions;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement as DfStatementWrapper;
 use datafusion::sql::sqlparser::ast::{CloseCursor, Statement};
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
@@ -104,6 +105,22 @@ async fn user_session<C: ClientInfo + ?Sized>(
         .ok_or_else(|| QueryError::Internal.into())
 }
 
+/// The context a hook gets for `statement`: the user's shared one for statements that only
+/// read it (queries, SHOW, transaction control), the connection's own for anything else, as
+/// SET changes it.
+fn hook_context<'a>(session: &'a UserSession, statement: &Statement) -> &'a SessionContext {
+    match statement {
+        Statement::Query(_)
+        | Statement::Explain { .. }
+        | Statement::ShowVariable { .. }
+        | Statement::ShowVariables { .. }
+        | Statement::StartTransaction { .. }
+        | Statement::Commit { .. }
+        | Statement::Rollback { .. } => session.context(),
+        _ => session.context_to_change(),
+    }
+}
+
 /// Row shapes of this connection's cursors, recorded when a DECLARE is planned, so a FETCH in
 /// the extended protocol can be described before it runs.
 #[derive(Default)]
@@ -157,7 +174,7 @@ async fn open_cursors(
         let statement = Statement::Query(query.clone());
         let plan = plan_statement(session, &statement).await?;
         let df = session
-            .context
+            .context()
             .execute_logical_plan(plan.clone())
             .await
             .map_err(df_err)?;
@@ -252,7 +269,7 @@ async fn plan_statement(
     session: &UserSession,
     statement: &Statement,
 ) -> Result<LogicalPlan, QueryError> {
-    let state = session.context.state();
+    let state = session.context().state();
     let plan = state
         .statement_to_plan(DfStatementWrapper::Statement(Box::new(statement.clone())))
         .await?;
@@ -316,14 +333,12 @@ where
         .get::<Arc<ConnectionHandle>>()
         .filter(|_| claim_cancel)
         .map(|h| (*h).clone());
-    let df = session
-        .context
-        .execute_logical_plan(plan)
-        .await
-        .map_err(df_err)?;
-    let schema = column_names::postgres_schema(statement, df.schema().as_arrow());
+    let state = session.context().state();
+    let schema = column_names::postgres_schema(statement, plan.schema().as_arrow());
     let fields = Arc::new(pgwire_fields(&schema, format, client)?);
-    let batches = df.execute_stream().await.map_err(df_err)?;
+    let physical = state.create_physical_plan(&plan).await.map_err(df_err)?;
+    let batches = datafusion::physical_plan::execute_stream(physical, session.task_context(&state))
+        .map_err(df_err)?;
     let peer = client
         .session_extensions()
         .get::<Arc<PeerWatch>>()
@@ -583,7 +598,7 @@ fn set_search_path<C: ClientInfo + ?Sized>(
         .filter(|n| n != "pg_catalog" && n != "$user")
         .collect();
     let catalog = session
-        .context
+        .context()
         .state()
         .config()
         .options()
@@ -591,7 +606,7 @@ fn set_search_path<C: ClientInfo + ?Sized>(
         .default_catalog
         .clone();
     let existing = session
-        .context
+        .context()
         .catalog(&catalog)
         .map(|c| c.schema_names())
         .unwrap_or_default();
@@ -603,14 +618,14 @@ fn set_search_path<C: ClientInfo + ?Sized>(
         return true;
     };
     session
-        .context
+        .context_to_change()
         .state_ref()
         .write()
         .config_mut()
         .options_mut()
         .catalog
         .default_schema = schema.clone();
-    pg_compat::set_schema(&session.context, schema);
+    pg_compat::set_schema(session.context_to_change(), schema);
     true
 }
 
@@ -704,7 +719,7 @@ impl SimpleQueryHandler for QueryHandler {
             }
             for hook in &self.hooks {
                 if let Some(result) = hook
-                    .handle_simple_query(&statement, &session.context, client)
+                    .handle_simple_query(&statement, hook_context(&session, &statement), client)
                     .await
                 {
                     responses.push(result?);
@@ -892,7 +907,13 @@ impl ExtendedQueryHandler for QueryHandler {
         }
         for hook in &self.hooks {
             if let Some(result) = hook
-                .handle_extended_query(statement, plan, &params, &session.context, client)
+                .handle_extended_query(
+                    statement,
+                    plan,
+                    &params,
+                    hook_context(&session, statement),
+                    client,
+                )
                 .await
             {
                 return result;

@@ -3,7 +3,7 @@
 //! analyzer rule so every plan of the session is rewritten.
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use async_trait::async_trait;
 use datafusion::catalog::view::ViewTable;
@@ -14,7 +14,7 @@ use datafusion::catalog::{
 use datafusion::common::TableReference;
 use datafusion::error::Result as DfResult;
 use datafusion::execution::context::QueryPlanner;
-use datafusion::execution::{SessionState, SessionStateBuilder};
+use datafusion::execution::{SessionState, SessionStateBuilder, TaskContext};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
@@ -113,9 +113,8 @@ impl Tables {
 /// memory. Each connection starts its own context from it.
 pub struct UserCatalog {
     pub identity: Identity,
-    token: Option<LoginToken>,
-    personas: Vec<String>,
-    state: SessionState,
+    /// The context connections use until they change a setting (`UserSession::context`).
+    context: SessionContext,
     /// Tables hidden because their rule does not compile (for `lakegate check`; also logged).
     pub problems: Vec<String>,
     /// Views hidden because their body does not plan for this user (invoker's rights).
@@ -130,9 +129,8 @@ pub struct UserCatalog {
 /// Unregistering the schemas when the last connection and the cache let go breaks it.
 impl Drop for UserCatalog {
     fn drop(&mut self) {
-        let catalogs = self.state.catalog_list();
-        for catalog_name in catalogs.catalog_names() {
-            if let Some(catalog) = catalogs.catalog(&catalog_name) {
+        for catalog_name in self.context.catalog_names() {
+            if let Some(catalog) = self.context.catalog(&catalog_name) {
                 for schema in catalog.schema_names() {
                     let _ = catalog.deregister_schema(&schema, true);
                 }
@@ -141,15 +139,36 @@ impl Drop for UserCatalog {
     }
 }
 
-/// One connection's session: the user's shared catalog and the connection's own DataFusion
-/// context over it. SET (search path, time zone) changes this context only, and NOTICEs from
-/// engines reach this connection only.
+/// One connection's session over the user's shared catalog. A connection plans in the user's
+/// context until it changes a setting (SET, search path): then it gets its own copy, so the
+/// change stays with it. NOTICEs from engines reach this connection only (`task_context`).
 pub struct UserSession {
     pub identity: Identity,
-    pub context: SessionContext,
     /// NOTICEs for this connection's client from engines running its queries.
     pub notices: Arc<Notices>,
     pub catalog: Arc<UserCatalog>,
+    own: OnceLock<SessionContext>,
+}
+
+impl UserSession {
+    /// The context to plan and run in.
+    pub fn context(&self) -> &SessionContext {
+        self.own.get().unwrap_or(&self.catalog.context)
+    }
+
+    /// The context to change settings in: the connection's own, copied from the user's on
+    /// first use (same catalogs and functions, settings of its own from then on).
+    pub fn context_to_change(&self) -> &SessionContext {
+        self.own
+            .get_or_init(|| SessionContext::new_with_state(self.catalog.context.state()))
+    }
+
+    /// A task context for running a plan of this connection: the session's, carrying the
+    /// connection's `Notices` for engines that report progress.
+    pub fn task_context(&self, state: &SessionState) -> Arc<TaskContext> {
+        let config = state.config().clone().with_extension(self.notices.clone());
+        Arc::new(TaskContext::from(state).with_session_config(config))
+    }
 }
 
 /// Sessions of equal keys are the same: the user as their login proved them (name, groups,
@@ -338,24 +357,12 @@ impl Lake {
         Ok(self.connect(Arc::new(catalog)))
     }
 
-    /// A connection's own context over the user's catalog, with its own query planner (for
-    /// its NOTICEs). The catalogs and functions are the catalog's; settings are copied.
     fn connect(&self, catalog: Arc<UserCatalog>) -> UserSession {
-        let notices = Arc::new(Notices::default());
-        let planner = self.planner(
-            &catalog.identity,
-            catalog.token.clone(),
-            &catalog.personas,
-            notices.clone(),
-        );
-        let state = SessionStateBuilder::new_from_existing(catalog.state.clone())
-            .with_query_planner(Arc::new(planner))
-            .build();
         UserSession {
             identity: catalog.identity.clone(),
-            context: SessionContext::new_with_state(state),
-            notices,
+            notices: Arc::new(Notices::default()),
             catalog,
+            own: OnceLock::new(),
         }
     }
 
@@ -364,7 +371,6 @@ impl Lake {
         identity: &Identity,
         token: Option<LoginToken>,
         personas: &[String],
-        notices: Arc<Notices>,
     ) -> PolicyQueryPlanner {
         let athena = self.athena.as_ref().map(|athena| {
             Arc::new(UserAthena {
@@ -372,7 +378,6 @@ impl Lake {
                 identity: identity.clone(),
                 token,
                 personas: personas.to_vec(),
-                notices,
             })
         });
         PolicyQueryPlanner {
@@ -392,13 +397,7 @@ impl Lake {
         token: Option<LoginToken>,
     ) -> Result<UserCatalog, StartupError> {
         let personas = self.policy.personas_of(&identity);
-        // Connections bring their own planner (`connect`); this one only builds.
-        let planner = self.planner(
-            &identity,
-            token.clone(),
-            &personas,
-            Arc::new(Notices::default()),
-        );
+        let planner = self.planner(&identity, token.clone(), &personas);
         let context = self.session_context(planner);
         let state = context.state();
         let catalog = Arc::new(MemoryCatalogProvider::new());
@@ -519,9 +518,7 @@ impl Lake {
         pg_compat::set_schema(&context, &self.default_schema);
         Ok(UserCatalog {
             identity,
-            token,
-            personas,
-            state: context.state(),
+            context,
             problems,
             hidden_views,
             granted: visible.tables.len(),
@@ -669,7 +666,7 @@ mod tests {
 
     async fn one_value(session: &UserSession, sql: &str) -> String {
         let batches = session
-            .context
+            .context()
             .sql(sql)
             .await
             .expect("plan")
@@ -690,14 +687,14 @@ mod tests {
         assert!(Arc::ptr_eq(&first.catalog, &second.catalog));
         // SET search_path on one connection (what `set_search_path` does)
         first
-            .context
+            .context_to_change()
             .state_ref()
             .write()
             .config_mut()
             .options_mut()
             .catalog
             .default_schema = "pg_catalog".into();
-        pg_compat::set_schema(&first.context, "pg_catalog");
+        pg_compat::set_schema(first.context_to_change(), "pg_catalog");
         assert!(
             one_value(&first, "SELECT current_schema()")
                 .await
@@ -713,8 +710,21 @@ mod tests {
                 .await
                 .contains('|')
         );
-        assert!(first.context.sql("SELECT count(*) FROM hcp").await.is_err());
+        assert!(
+            first
+                .context()
+                .sql("SELECT count(*) FROM hcp")
+                .await
+                .is_err()
+        );
         assert!(!Arc::ptr_eq(&first.notices, &second.notices));
+        // the user's context is untouched: a third connection starts from it
+        let third = lake.session(carol(), None).await.expect("session");
+        assert!(
+            one_value(&third, "SELECT current_schema()")
+                .await
+                .contains("gtm")
+        );
     }
 
     #[tokio::test]
@@ -749,10 +759,10 @@ mod tests {
         let session = lake.session_for(identity, None).await.expect("session");
         // pg_catalog (registered in the session's catalog list, holding that list) must not
         // keep the list alive once the session is gone.
-        let catalogs = Arc::downgrade(session.context.state_ref().read().catalog_list());
+        let catalogs = Arc::downgrade(session.context().state_ref().read().catalog_list());
         assert!(
             session
-                .context
+                .context()
                 .table_exist("pg_catalog.pg_class")
                 .expect("lookup")
         );

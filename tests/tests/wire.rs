@@ -628,6 +628,8 @@ async fn search_path_decides_where_unqualified_names_resolve() {
             .expect("default schema"),
         vec!["1000"]
     );
+    // alice's connections share her catalog, not her settings
+    let other = gateway.connect("alice").await;
     rows(&alice, "SET search_path TO public")
         .await
         .expect("SET");
@@ -635,6 +637,15 @@ async fn search_path_decides_where_unqualified_names_resolve() {
         sqlstate(rows(&alice, "SELECT count(*) FROM hcp").await),
         "42P01"
     );
+    let later = gateway.connect("alice").await;
+    for connection in [&other, &later] {
+        assert_eq!(
+            rows(connection, "SELECT count(*) FROM hcp")
+                .await
+                .expect("other connections keep the default schema"),
+            vec!["1000"]
+        );
+    }
     assert_eq!(
         rows(&alice, "SHOW search_path").await.expect("SHOW"),
         vec!["public"]

@@ -56,13 +56,13 @@ impl Athena {
     }
 }
 
-/// Athena for one user's session: who runs the queries and where their progress goes.
+/// Athena for one user: who runs the queries. Their progress goes to the connection that
+/// runs them (its `Notices`, in the query's task context).
 pub struct UserAthena {
     pub athena: Arc<Athena>,
     pub identity: Identity,
     pub token: Option<LoginToken>,
     pub personas: Vec<String>,
-    pub notices: Arc<Notices>,
 }
 
 impl fmt::Debug for UserAthena {
@@ -148,11 +148,13 @@ impl ExecutionPlan for AthenaExec {
     fn execute(
         &self,
         _partition: usize,
-        _context: Arc<TaskContext>,
+        context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
         let schema = self.properties.eq_properties.schema().clone();
+        let notices = context.session_config().get_extension::<Notices>();
         let run = run(
             self.user.clone(),
+            notices,
             self.sql.clone(),
             self.databases.clone(),
             schema.clone(),
@@ -198,6 +200,7 @@ type Batches =
 
 async fn run(
     user: Arc<UserAthena>,
+    notices: Option<Arc<Notices>>,
     sql: String,
     databases: BTreeSet<String>,
     schema: SchemaRef,
@@ -245,7 +248,7 @@ async fn run(
         id: id.clone(),
         finished: false,
     };
-    let waited = wait(&user, &client, &id).await;
+    let waited = wait(&user, notices.as_deref(), &client, &id).await;
     // A query Athena ended (succeeded, failed, stopped) needs no stop; one whose state is
     // unknown (polling failed) is stopped, as is any the client leaves.
     running.finished = matches!(
@@ -301,6 +304,7 @@ fn client_for(aws: &Aws, credentials: &RoleCredentials) -> aws_sdk_athena::Clien
 /// `notice_after_seconds`. Returns the result's S3 location.
 async fn wait(
     user: &UserAthena,
+    notices: Option<&Notices>,
     client: &aws_sdk_athena::Client,
     id: &str,
 ) -> Result<String, AthenaError> {
@@ -348,13 +352,15 @@ async fn wait(
             _ => {}
         }
         let ran = started.elapsed();
-        if ran >= notice_after {
+        if let Some(notices) = notices
+            && ran >= notice_after
+        {
             let scanned = execution
                 .and_then(|e| e.statistics())
                 .and_then(|s| s.data_scanned_in_bytes())
                 .unwrap_or(0);
             let state = state.map_or("QUEUED", |s| s.as_str());
-            user.notices.send(format!(
+            notices.send(format!(
                 "Athena query {id}: {state} for {} s, {} scanned",
                 ran.as_secs(),
                 human_bytes(scanned)

@@ -562,7 +562,7 @@ mod cases {
     async fn athena_sql(lake: &Lake, user: &str, sql: &str) -> Option<String> {
         let identity = lake.identity_of(user).expect("user");
         let session = lake.session_for(identity, None).await.expect("session");
-        let state = session.context.state();
+        let state = session.context().state();
         let plan = state.create_logical_plan(sql).await.expect("plan");
         let plan = state.optimize(&plan).expect("optimize");
         let physical = state
@@ -581,7 +581,7 @@ mod cases {
         let lake = lake().await;
         let identity = lake.identity_of("alice").expect("alice");
         let session = lake.session_for(identity, None).await.expect("session");
-        let state = session.context.state();
+        let state = session.context().state();
         let plan = state
             .create_logical_plan("SELECT hcp_id, email FROM hcp")
             .await
