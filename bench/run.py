@@ -42,6 +42,26 @@ def free_port():
         return s.getsockname()[1]
 
 
+def raise_fd_limit():
+    """Each gateway connection holds two file descriptors (its socket and the duplicate
+    gateway/src/peer.rs polls), so 10,000 connections need more than the 20,000 a container
+    often allows. Raised where permitted (root), else to the hard limit; the report says which."""
+    import resource
+    want = 65536
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), max(hard, want)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def fd_limit(pid):
+    for line in open(f"/proc/{pid}/limits"):
+        if line.startswith("Max open files"):
+            return int(line.split()[3])
+    return None
+
+
 def wait_for_port(port, proc=None, timeout=60):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -234,7 +254,8 @@ class Bench:
         proc = subprocess.Popen([self.args.gateway, "serve", "--listen", "127.0.0.1:0", "--config",
                                  str(config)],
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                                env={**os.environ, "LAKEGATE_LOG": "error"})
+                                env={**os.environ, "LAKEGATE_LOG": "error"},
+                                preexec_fn=raise_fd_limit)
         self.procs.append(proc)
         line = proc.stdout.readline()
         match = re.match(r"lakegate listening on 127\.0\.0\.1:(\d+)", line)
@@ -453,7 +474,8 @@ class Bench:
             before = self.rss_mb(self.gw_pid)
             opened, rss = asyncio.run(self.open_idle(count, limit_mb))
             row[f"{count} idle"] = {"opened": opened, "rss_mb": rss, "before_mb": before,
-                                    "mb_per_connection": (rss - before) / max(opened, 1)}
+                                    "mb_per_connection": (rss - before) / max(opened, 1),
+                                    "gateway_fd_limit": fd_limit(self.gw_pid)}
         self.results.append(("memory", "gateway RSS with idle TLS connections (logged in, one query each)", row))
 
     async def open_idle(self, count, limit_mb):

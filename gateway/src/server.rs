@@ -55,7 +55,18 @@ impl Server {
     pub async fn serve(self, listener: TcpListener) -> std::io::Result<()> {
         let allow_plaintext = self.lake.config.tls.allow_plaintext || self.tls.is_none();
         loop {
-            let (socket, peer) = listener.accept().await?;
+            let (socket, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(error) if accept_can_retry(&error) => {
+                    // Out of descriptors or memory, or a client gone before it was accepted:
+                    // the listener is fine and connected clients keep being served. New
+                    // clients wait in the backlog while connections close and free descriptors.
+                    tracing::warn!(%error, "cannot accept a connection now");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
             let watch = crate::peer::PeerWatch::new(&socket).map(Arc::new);
             let handlers = ConnectionHandlers {
                 startup: Arc::new(ScramStartup::new(
@@ -77,6 +88,23 @@ impl Server {
             });
         }
     }
+}
+
+/// How long accepting pauses after running out of descriptors or memory.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Accept errors that concern one connection or a passing shortage, not the listener.
+fn accept_can_retry(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        error.kind(),
+        ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset | ErrorKind::Interrupted
+    ) || matches!(
+        error.raw_os_error(),
+        Some(
+            libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EPROTO | libc::EPERM
+        )
+    )
 }
 
 struct ConnectionHandlers {

@@ -369,6 +369,11 @@ impl Gateway {
         assert!(status.success(), "SIGHUP to the gateway");
     }
 
+    /// The gateway's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }

@@ -317,6 +317,85 @@ async fn copy_to_stdout_runs_under_policy() {
     assert_eq!(e.code().map(|c| c.code()), Some("42703"));
 }
 
+/// A gateway out of file descriptors refuses new connections for a while; it does not stop.
+/// The limit is lowered on the running process (util-linux `prlimit`) to a few connections'
+/// worth of descriptors beyond what it holds.
+#[tokio::test(flavor = "multi_thread")]
+async fn running_out_of_file_descriptors_only_delays_new_connections() {
+    let mut gateway = Gateway::start();
+    let first = gateway.connect("alice").await;
+    rows(&first, "SELECT count(*) FROM hcp")
+        .await
+        .expect("query");
+    let pid = gateway.pid();
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the gateway's descriptors")
+        .count();
+    // each connection holds two: its socket and the duplicate peer.rs polls
+    let limit = open + 4;
+    let status = std::process::Command::new("prlimit")
+        .args([
+            "--pid",
+            &pid.to_string(),
+            &format!("--nofile={limit}:{limit}"),
+        ])
+        .status()
+        .expect("prlimit (util-linux)");
+    assert!(status.success(), "prlimit");
+    let mut held = Vec::new();
+    let mut refused = false;
+    for _ in 0..8 {
+        let attempt = tokio::time::timeout(
+            Duration::from_secs(2),
+            gateway.try_connect("alice", "alice"),
+        )
+        .await;
+        match attempt {
+            Ok(Ok(client)) => held.push(client),
+            _ => {
+                refused = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        refused,
+        "{} connections within {limit} descriptors",
+        held.len()
+    );
+    assert!(
+        gateway.is_running(),
+        "the gateway stopped at its descriptor limit"
+    );
+    drop(held);
+    // descriptors free again: new clients are served
+    let mut served = None;
+    for _ in 0..50 {
+        let attempt = tokio::time::timeout(
+            Duration::from_secs(2),
+            gateway.try_connect("alice", "alice"),
+        )
+        .await;
+        if let Ok(Ok(client)) = attempt {
+            served = Some(client);
+            break;
+        }
+    }
+    let again = served.expect("a new connection once descriptors are free");
+    assert_eq!(
+        rows(&again, "SELECT count(*) FROM hcp")
+            .await
+            .expect("query"),
+        vec!["1000"]
+    );
+    assert_eq!(
+        rows(&first, "SELECT count(*) FROM hcp")
+            .await
+            .expect("query"),
+        vec!["1000"]
+    );
+}
+
 /// COPY's text escaping and CSV quoting, byte for byte as PostgreSQL writes the same rows:
 /// control characters, backslashes, delimiters, quotes, empty strings and NULL markers.
 /// (Whole floats are left out: pgwire writes 2 as `2.0` and 1e20 as `1e20`, in COPY and in
