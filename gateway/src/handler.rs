@@ -617,15 +617,7 @@ fn set_search_path<C: ClientInfo + ?Sized>(
     else {
         return true;
     };
-    session
-        .context_to_change()
-        .state_ref()
-        .write()
-        .config_mut()
-        .options_mut()
-        .catalog
-        .default_schema = schema.clone();
-    pg_compat::set_schema(session.context_to_change(), schema);
+    session.set_default_schema(schema);
     true
 }
 

@@ -163,6 +163,20 @@ impl UserSession {
             .get_or_init(|| SessionContext::new_with_state(self.catalog.context.state()))
     }
 
+    /// Makes `schema` where this connection's unqualified names resolve (its search path),
+    /// for this connection only.
+    pub fn set_default_schema(&self, schema: &str) {
+        let context = self.context_to_change();
+        context
+            .state_ref()
+            .write()
+            .config_mut()
+            .options_mut()
+            .catalog
+            .default_schema = schema.to_string();
+        pg_compat::set_schema(context, schema);
+    }
+
     /// A task context for running a plan of this connection: the session's, carrying the
     /// connection's `Notices` for engines that report progress.
     pub fn task_context(&self, state: &SessionState) -> Arc<TaskContext> {
@@ -685,16 +699,8 @@ mod tests {
         let first = lake.session(carol(), None).await.expect("session");
         let second = lake.session(carol(), None).await.expect("session");
         assert!(Arc::ptr_eq(&first.catalog, &second.catalog));
-        // SET search_path on one connection (what `set_search_path` does)
-        first
-            .context_to_change()
-            .state_ref()
-            .write()
-            .config_mut()
-            .options_mut()
-            .catalog
-            .default_schema = "pg_catalog".into();
-        pg_compat::set_schema(first.context_to_change(), "pg_catalog");
+        // SET search_path on one connection
+        first.set_default_schema("pg_catalog");
         assert!(
             one_value(&first, "SELECT current_schema()")
                 .await
