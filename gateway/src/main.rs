@@ -111,7 +111,9 @@ enum TokenCommand {
     Revoke {
         #[arg(long, short, env = "LAKEGATE_CONFIG")]
         config: PathBuf,
-        /// The token's id (the part after `lgp_`, as `list` shows it).
+        /// The token's id (the part after `lgp_`, as `list` shows it). Ids are base64url and
+        /// may start with `-`, which is taken as the id here, not as an option.
+        #[arg(allow_hyphen_values = true)]
         id: String,
         /// Revoke only if the token belongs to this user.
         #[arg(long)]
@@ -588,5 +590,28 @@ async fn check(config_path: &Path) -> Result<(), StartupError> {
         Ok(())
     } else {
         Err(StartupError::Other(problems.join("\n")))
+    }
+}
+
+#[cfg(test)]
+mod cli_tests {
+    use clap::Parser;
+
+    use super::{Cli, Command, TokenCommand};
+
+    #[test]
+    fn a_token_id_may_start_with_a_hyphen() {
+        let cli = Cli::try_parse_from([
+            "lakegate", "token", "revoke", "--config", "x.yaml", "-Abc_d", "--user", "erin",
+        ])
+        .expect("parses");
+        let Command::Token {
+            command: TokenCommand::Revoke { id, user, .. },
+        } = cli.command
+        else {
+            panic!("not token revoke");
+        };
+        assert_eq!(id, "-Abc_d");
+        assert_eq!(user.as_deref(), Some("erin"));
     }
 }
