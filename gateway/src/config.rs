@@ -65,6 +65,10 @@ pub struct Config {
     /// get personal access tokens (needs `access_tokens`). Default: none.
     #[serde(default)]
     pub sso: Option<SsoConfig>,
+    /// How many query plans each user's cache keeps, so a query sent again is not planned
+    /// again (see README, "Plan cache"). 0 turns the cache off. Default 256.
+    #[serde(default = "default_plan_cache_entries")]
+    pub plan_cache_entries: u64,
 }
 
 /// Where personal access tokens are kept and how long they live (see README, "Personal access
@@ -424,6 +428,9 @@ pub struct UserConfig {
 
 fn default_listen() -> String {
     format!("127.0.0.1:{DEFAULT_PORT}")
+}
+fn default_plan_cache_entries() -> u64 {
+    crate::plan_cache::DEFAULT_ENTRIES
 }
 fn default_database() -> String {
     "lake".to_string()

@@ -40,6 +40,7 @@ use crate::gate;
 use crate::lake::{Lake, UserSession};
 use crate::peer::PeerWatch;
 use crate::pg_compat;
+use crate::plan_cache::{self, CachedQuery, QueryText};
 use crate::settings::Settings;
 
 /// A prepared statement: its text and, unless empty, the parsed statement and its plan.
@@ -282,6 +283,22 @@ async fn plan_statement(
     Ok(plan)
 }
 
+/// A query ready to run: planned just now (optimized when it runs, and kept for later runs of
+/// `text` where `plan_cache` allows), or taken from the user's plan cache, optimized already.
+enum Planned {
+    Fresh {
+        plan: LogicalPlan,
+        text: Option<QueryText>,
+    },
+    Cached(Arc<LogicalPlan>),
+}
+
+impl Planned {
+    fn once(plan: LogicalPlan) -> Self {
+        Planned::Fresh { plan, text: None }
+    }
+}
+
 fn format_options<C: ClientInfo + ?Sized>(client: &C) -> Arc<FormatOptions> {
     Arc::new(FormatOptions::from_client_metadata(client.metadata()))
 }
@@ -294,7 +311,7 @@ async fn execute<C>(
     client: &mut C,
     session: &UserSession,
     statement: &Statement,
-    plan: LogicalPlan,
+    plan: Planned,
     format: &Format,
     claim_cancel: bool,
 ) -> PgWireResult<QueryResponse>
@@ -320,7 +337,7 @@ async fn execute_batches<C>(
     client: &mut C,
     session: &UserSession,
     statement: &Statement,
-    plan: LogicalPlan,
+    plan: Planned,
     format: &Format,
     claim_cancel: bool,
 ) -> PgWireResult<(Arc<Vec<FieldInfo>>, Batches)>
@@ -334,9 +351,29 @@ where
         .filter(|_| claim_cancel)
         .map(|h| (*h).clone());
     let state = session.context().state();
-    let schema = column_names::postgres_schema(statement, plan.schema().as_arrow());
+    let (optimized, reuse_as) = match plan {
+        Planned::Cached(plan) => (plan, None),
+        Planned::Fresh { plan, text } => {
+            let (optimized, reusable) = plan_cache::optimize(&state, &plan).map_err(df_err)?;
+            let reuse_as = text.filter(|_| reusable).map(|text| (text, plan));
+            (Arc::new(optimized), reuse_as)
+        }
+    };
+    let schema = column_names::postgres_schema(statement, optimized.schema().as_arrow());
     let fields = Arc::new(pgwire_fields(&schema, format, client)?);
-    let physical = state.create_physical_plan(&plan).await.map_err(df_err)?;
+    let physical = state
+        .query_planner()
+        .create_physical_plan(&optimized, &state)
+        .await
+        .map_err(df_err)?;
+    if let (Some((text, logical)), Some(cache)) = (reuse_as, session.plans()) {
+        let query = CachedQuery {
+            statement: Arc::new(statement.clone()),
+            logical: Arc::new(logical),
+            plan: optimized,
+        };
+        cache.insert(text, query);
+    }
     let batches = datafusion::physical_plan::execute_stream(physical, session.task_context(&state))
         .map_err(df_err)?;
     let peer = client
@@ -411,7 +448,7 @@ where
         client,
         session,
         &copy.query,
-        plan,
+        Planned::once(plan),
         &Format::UnifiedText,
         true,
     )
@@ -664,10 +701,17 @@ impl SimpleQueryHandler for QueryHandler {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let session = user_session(&self.lake, client).await?;
+        let text = QueryText::Simple(query.to_string());
+        if let Some(cached) = session.plans().and_then(|plans| plans.get(&text)) {
+            return Ok(vec![self.run_cached(client, &session, cached).await?]);
+        }
         let statements = self.parser.parse(query)?;
         if statements.is_empty() {
             return Ok(vec![Response::EmptyQuery]);
         }
+        // Only a text of one query is kept: the cache answers it without parsing.
+        let mut text =
+            (statements.len() == 1 && matches!(statements[0], Statement::Query(_))).then_some(text);
         let mut responses = Vec::with_capacity(statements.len());
         'statements: for statement in statements {
             if let Err(e) = gate::check(&statement) {
@@ -718,7 +762,10 @@ impl SimpleQueryHandler for QueryHandler {
                     continue 'statements;
                 }
             }
-            let plan = plan_statement(&session, &statement).await?;
+            let plan = Planned::Fresh {
+                plan: plan_statement(&session, &statement).await?,
+                text: text.take(),
+            };
             responses.push(Response::Query(
                 execute(
                     client,
@@ -732,6 +779,44 @@ impl SimpleQueryHandler for QueryHandler {
             ));
         }
         Ok(responses)
+    }
+}
+
+impl QueryHandler {
+    /// Runs a simple query whose plan was cached: only a query (`Statement::Query`) is, so of
+    /// the steps before planning only the hooks apply (a failed transaction refuses it).
+    async fn run_cached<C>(
+        &self,
+        client: &mut C,
+        session: &UserSession,
+        cached: CachedQuery,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        tracing::debug!("plan cache hit");
+        for hook in &self.hooks {
+            if let Some(result) = hook
+                .handle_simple_query(&cached.statement, session.context(), client)
+                .await
+            {
+                return result;
+            }
+        }
+        let plan = Planned::Cached(cached.plan);
+        let response = execute(
+            client,
+            session,
+            &cached.statement,
+            plan,
+            &Format::UnifiedText,
+            true,
+        )
+        .await?;
+        Ok(Response::Query(response))
     }
 }
 
@@ -768,7 +853,13 @@ impl QueryParser for LakeParser {
                 schema,
             })
         };
+        let cached = || {
+            let text = QueryText::Prepared(text.clone());
+            session.plans().and_then(|plans| plans.get(&text))
+        };
         let plan = match &statement {
+            // A query run before without parameters is described from its plan then.
+            Statement::Query(_) if let Some(cached) = cached() => cached.logical.as_ref().clone(),
             Statement::Query(_) | Statement::Explain { .. } => {
                 plan_statement(&session, &statement).await?
             }
@@ -911,10 +1002,27 @@ impl ExtendedQueryHandler for QueryHandler {
                 return result;
             }
         }
-        let plan = plan
-            .clone()
-            .replace_params_with_values(&params)
-            .map_err(df_err)?;
+        // A statement without parameters plans the same on every run (where `plan_cache`
+        // allows): its text is the key. One with parameters is planned with their values.
+        let text = matches!(statement, Statement::Query(_))
+            .then(|| QueryText::Prepared(portal.statement.statement.0.clone()));
+        let plan = if !types.is_empty() {
+            Planned::once(
+                plan.clone()
+                    .replace_params_with_values(&params)
+                    .map_err(df_err)?,
+            )
+        } else if let Some(cached) = (session.plans())
+            .zip(text.as_ref())
+            .and_then(|(plans, text)| plans.get(text))
+        {
+            Planned::Cached(cached.plan)
+        } else {
+            Planned::Fresh {
+                plan: plan.clone(),
+                text,
+            }
+        };
         // pgwire collects every row of an unlimited Execute (max_rows 0, what most drivers
         // send) into memory before writing it; such results are written here, as they are
         // produced, under pgwire's own watch for cancel requests. Limited Executes (JDBC's

@@ -32,6 +32,7 @@ use crate::config::{Config, Engine};
 use crate::error::StartupError;
 use crate::notices::Notices;
 use crate::pg_compat;
+use crate::plan_cache::PlanCache;
 use crate::route::{PlanTables, Route, Router};
 
 /// Shared state every session is built from. The tables can be replaced while serving (a Glue
@@ -121,6 +122,8 @@ pub struct UserCatalog {
     pub hidden_views: Vec<String>,
     /// How many tables and views this user may read.
     pub granted: usize,
+    /// Optimized plans of this user's repeated queries.
+    pub plans: PlanCache,
 }
 
 /// pg_catalog's schema provider holds the catalog list in which it is registered (and the
@@ -161,6 +164,12 @@ impl UserSession {
     pub fn context_to_change(&self) -> &SessionContext {
         self.own
             .get_or_init(|| SessionContext::new_with_state(self.catalog.context.state()))
+    }
+
+    /// The user's plan cache, while this connection plans in the user's shared context (with
+    /// settings of its own, the same text could plan differently).
+    pub fn plans(&self) -> Option<&PlanCache> {
+        self.own.get().is_none().then_some(&self.catalog.plans)
     }
 
     /// Makes `schema` where this connection's unqualified names resolve (its search path),
@@ -538,6 +547,7 @@ impl Lake {
             problems,
             hidden_views,
             granted: visible.tables.len(),
+            plans: PlanCache::new(self.config.plan_cache_entries),
         })
     }
 }

@@ -20,6 +20,7 @@ mod oidc;
 mod peer;
 mod pg_catalog_setup;
 mod pg_compat;
+mod plan_cache;
 mod register;
 mod regproc;
 mod route;

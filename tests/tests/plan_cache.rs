@@ -1,0 +1,112 @@
+//! The plan cache: a query sent again is not planned again. These check that a reused plan
+//! never answers for another user, another setting, another moment or another transaction
+//! state, over both protocols.
+use lakegate_e2e::{Gateway, rows, sqlstate};
+use tokio_postgres::Client;
+
+/// The query's rows through the extended protocol (Parse/Bind/Execute, no parameters).
+async fn prepared_rows(client: &Client, sql: &str) -> Vec<String> {
+    client
+        .query(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .iter()
+        .map(|row| {
+            let value: Option<String> = row.get(0);
+            value.unwrap_or_else(|| "NULL".into())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_text_keeps_each_users_policy() {
+    let gateway = Gateway::start();
+    let alice = gateway.connect("alice").await; // eu-sales: email hashed, EU rows only
+    let bob = gateway.connect("bob").await; // us-analyst: email nullified
+    let carol = gateway.connect("carol").await; // steward: everything
+    let german = rows(
+        &carol,
+        "SELECT min(hcp_id) FROM hcp WHERE country = 'DE' AND email IS NOT NULL",
+    )
+    .await
+    .expect("a German HCP")
+    .remove(0);
+    let sql = format!("SELECT email FROM hcp WHERE hcp_id = {german}");
+    let raw = rows(&carol, &sql).await.expect("carol");
+    assert!(raw[0].contains('@'), "carol reads the address: {raw:?}");
+    for round in 0..3 {
+        for simple in [true, false] {
+            let read = |client| {
+                let sql = sql.clone();
+                async move {
+                    if simple {
+                        rows(client, &sql).await.expect("query")
+                    } else {
+                        prepared_rows(client, &sql).await
+                    }
+                }
+            };
+            let (a, b, c) = (read(&alice).await, read(&bob).await, read(&carol).await);
+            let how = format!("round {round}, simple protocol: {simple}");
+            assert_eq!(c, raw, "{how}");
+            assert_eq!(b, vec!["NULL"], "{how}");
+            assert_eq!(a.len(), 1, "{how}");
+            assert!(
+                !a[0].contains('@') && a[0].len() == 64,
+                "{how}: alice reads a hash, not {a:?}"
+            );
+        }
+    }
+    // Rows as well as columns: alice's row filter still applies to a text carol sent first.
+    let us = "SELECT count(*) FROM hcp WHERE country = 'US'";
+    let carols: i64 = rows(&carol, us).await.expect("carol")[0]
+        .parse()
+        .expect("count");
+    assert!(carols > 0);
+    for _ in 0..2 {
+        assert_eq!(rows(&alice, us).await.expect("alice"), vec!["0"]);
+        assert_eq!(prepared_count(&alice, us).await, 0);
+    }
+}
+
+async fn prepared_count(client: &Client, sql: &str) -> i64 {
+    client
+        .query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_clock_is_read_at_each_run() {
+    let gateway = Gateway::start();
+    let carol = gateway.connect("carol").await;
+    for sql in [
+        "SELECT CAST(now() AS VARCHAR)",
+        "SELECT CAST(count(*) AS VARCHAR) || ' ' || CAST(now() AS VARCHAR) FROM hcp",
+    ] {
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            seen.extend(rows(&carol, sql).await.expect("simple"));
+            seen.extend(prepared_rows(&carol, sql).await);
+        }
+        let distinct: std::collections::BTreeSet<_> = seen.iter().collect();
+        assert_eq!(distinct.len(), seen.len(), "{sql}: a fresh time each run");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_transaction_refuses_a_repeated_query() {
+    let gateway = Gateway::start();
+    let carol = gateway.connect("carol").await;
+    let sql = "SELECT count(*) FROM hcp";
+    let count = rows(&carol, sql).await.expect("first run");
+    rows(&carol, "BEGIN").await.expect("BEGIN");
+    assert_eq!(
+        sqlstate(rows(&carol, "SELECT * FROM no_such_table").await),
+        "42P01"
+    );
+    assert_eq!(sqlstate(rows(&carol, sql).await), "25P01");
+    rows(&carol, "ROLLBACK").await.expect("ROLLBACK");
+    assert_eq!(rows(&carol, sql).await.expect("after ROLLBACK"), count);
+}
