@@ -350,7 +350,7 @@ where
         .get::<Arc<ConnectionHandle>>()
         .filter(|_| claim_cancel)
         .map(|h| (*h).clone());
-    let state = session.context().state();
+    let state = session.planning_state();
     let (optimized, reuse_as) = match plan {
         Planned::Cached(plan) => (plan, None),
         Planned::Fresh { plan, text } => {

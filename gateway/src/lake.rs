@@ -124,6 +124,8 @@ pub struct UserCatalog {
     pub granted: usize,
     /// Optimized plans of this user's repeated queries.
     pub plans: PlanCache,
+    /// The task context queries planned in `context` run with (`UserSession::task_context`).
+    task: OnceLock<Arc<TaskContext>>,
 }
 
 /// pg_catalog's schema provider holds the catalog list in which it is registered (and the
@@ -144,7 +146,7 @@ impl Drop for UserCatalog {
 
 /// One connection's session over the user's shared catalog. A connection plans in the user's
 /// context until it changes a setting (SET, search path): then it gets its own copy, so the
-/// change stays with it. NOTICEs from engines reach this connection only (`task_context`).
+/// change stays with it. NOTICEs from engines reach this connection only (`planning_state`).
 pub struct UserSession {
     pub identity: Identity,
     /// NOTICEs for this connection's client from engines running its queries.
@@ -186,11 +188,25 @@ impl UserSession {
         pg_compat::set_schema(context, schema);
     }
 
-    /// A task context for running a plan of this connection: the session's, carrying the
-    /// connection's `Notices` for engines that report progress.
+    /// A copy of the session state to plan one statement in, carrying the connection's
+    /// `Notices` for engines that report progress (they take it when physically planned).
+    pub fn planning_state(&self) -> SessionState {
+        let mut state = self.context().state();
+        state.config_mut().set_extension(self.notices.clone());
+        state
+    }
+
+    /// A task context for running a plan made in `state`. While the connection plans in the
+    /// user's shared context, that is the user's one task context: building one copies every
+    /// function's name and settings, which cost more than a short query itself.
     pub fn task_context(&self, state: &SessionState) -> Arc<TaskContext> {
-        let config = state.config().clone().with_extension(self.notices.clone());
-        Arc::new(TaskContext::from(state).with_session_config(config))
+        if self.own.get().is_some() {
+            return Arc::new(TaskContext::from(state));
+        }
+        self.catalog
+            .task
+            .get_or_init(|| Arc::new(TaskContext::from(state)))
+            .clone()
     }
 }
 
@@ -548,6 +564,7 @@ impl Lake {
             hidden_views,
             granted: visible.tables.len(),
             plans: PlanCache::new(self.config.plan_cache_entries),
+            task: OnceLock::new(),
         })
     }
 }
@@ -583,7 +600,12 @@ impl PolicyQueryPlanner {
             %role, %source_identity, why, "query runs in the gateway");
     }
 
-    fn remote_plan(&self, plan: &LogicalPlan) -> Option<Arc<dyn ExecutionPlan>> {
+    /// `notices`: the connection the query runs for (`UserSession::planning_state`).
+    fn remote_plan(
+        &self,
+        plan: &LogicalPlan,
+        notices: Option<Arc<Notices>>,
+    ) -> Option<Arc<dyn ExecutionPlan>> {
         // EXPLAIN shows the gateway's plan; it runs nothing anywhere.
         if matches!(
             plan,
@@ -617,6 +639,7 @@ impl PolicyQueryPlanner {
                     schema,
                     databases,
                     athena.clone(),
+                    notices,
                 )))
             }
             Err(error) => {
@@ -637,7 +660,8 @@ impl QueryPlanner for PolicyQueryPlanner {
         logical_plan: &LogicalPlan,
         session: &dyn Session,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        if let Some(remote) = self.remote_plan(logical_plan) {
+        let notices = session.config().get_extension::<Notices>();
+        if let Some(remote) = self.remote_plan(logical_plan, notices) {
             return Ok(remote);
         }
         DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(PolicyExtensionPlanner)])

@@ -256,6 +256,26 @@ async fn long_queries_report_progress_and_stop_when_cancelled_or_left() {
         seen.iter().all(|n| n.starts_with("Athena query ")),
         "{seen:?}"
     );
+    // Another connection of carol's sends the same text (its plan is cached by now): the
+    // progress of its query goes to it alone.
+    moto.queue_athena_result(&[cells(&["count"]), cells(&["42"])]);
+    let (other, mut other_notices) = gateway.connect_with_notices("carol").await;
+    let got = rows(&other, "SELECT count(*) FROM sales")
+        .await
+        .expect("count again");
+    assert_eq!(got, ["42"]);
+    let mut theirs = Vec::new();
+    while let Ok(notice) = other_notices.try_recv() {
+        theirs.push(notice);
+    }
+    assert!(
+        theirs.iter().any(|n| n.contains("RUNNING")),
+        "progress notices: {theirs:?}"
+    );
+    assert!(
+        notices.try_recv().is_err(),
+        "the first connection hears nothing of the other's query"
+    );
 
     // A query that never ends: the client cancels, the gateway stops it in Athena.
     moto.athena_polls_per_state(100_000);
@@ -266,13 +286,13 @@ async fn long_queries_report_progress_and_stop_when_cancelled_or_left() {
         (carol, result)
     });
     assert!(
-        wait_until(Duration::from_secs(20), || polled_ids(&moto).len() == 2),
-        "the second query was started and polled"
+        wait_until(Duration::from_secs(20), || polled_ids(&moto).len() == 3),
+        "the third query was started and polled"
     );
     cancel.cancel_query(tls).await.expect("cancel request");
     let (carol, result) = query.await.expect("query task");
     assert_eq!(sqlstate(result), "57014");
-    let id = polled_ids(&moto)[1].clone();
+    let id = polled_ids(&moto)[2].clone();
     assert!(
         wait_until(Duration::from_secs(10), || {
             moto.json_calls("AmazonAthena.StopQueryExecution")
@@ -293,12 +313,12 @@ async fn long_queries_report_progress_and_stop_when_cancelled_or_left() {
         .spawn()
         .expect("psql must be installed");
     assert!(
-        wait_until(Duration::from_secs(20), || polled_ids(&moto).len() == 3),
+        wait_until(Duration::from_secs(20), || polled_ids(&moto).len() == 4),
         "psql's query was started and polled"
     );
     psql.kill().expect("kill psql");
     let _ = psql.wait();
-    let id = polled_ids(&moto)[2].clone();
+    let id = polled_ids(&moto)[3].clone();
     assert!(
         wait_until(Duration::from_secs(10), || {
             moto.json_calls("AmazonAthena.StopQueryExecution")

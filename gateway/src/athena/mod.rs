@@ -57,7 +57,7 @@ impl Athena {
 }
 
 /// Athena for one user: who runs the queries. Their progress goes to the connection that
-/// runs them (its `Notices`, in the query's task context).
+/// runs them (its `Notices`, given to each `AthenaExec`).
 pub struct UserAthena {
     pub athena: Arc<Athena>,
     pub identity: Identity,
@@ -79,6 +79,8 @@ pub struct AthenaExec {
     sql: String,
     databases: BTreeSet<String>,
     user: Arc<UserAthena>,
+    /// Where this query's progress goes: the connection that runs it.
+    notices: Option<Arc<Notices>>,
     properties: Arc<PlanProperties>,
 }
 
@@ -88,6 +90,7 @@ impl AthenaExec {
         schema: SchemaRef,
         databases: BTreeSet<String>,
         user: Arc<UserAthena>,
+        notices: Option<Arc<Notices>>,
     ) -> Self {
         let properties = PlanProperties::new(
             EquivalenceProperties::new(schema),
@@ -99,6 +102,7 @@ impl AthenaExec {
             sql,
             databases,
             user,
+            notices,
             properties: Arc::new(properties),
         }
     }
@@ -148,13 +152,12 @@ impl ExecutionPlan for AthenaExec {
     fn execute(
         &self,
         _partition: usize,
-        context: Arc<TaskContext>,
+        _context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
         let schema = self.properties.eq_properties.schema().clone();
-        let notices = context.session_config().get_extension::<Notices>();
         let run = run(
             self.user.clone(),
-            notices,
+            self.notices.clone(),
             self.sql.clone(),
             self.databases.clone(),
             schema.clone(),
