@@ -198,14 +198,15 @@ impl UserSession {
 
     /// A task context for running a plan made in `state`. While the connection plans in the
     /// user's shared context, that is the user's one task context: building one copies every
-    /// function's name and settings, which cost more than a short query itself.
+    /// function's name and the settings (a seventh of a cached `SELECT 1`).
     pub fn task_context(&self, state: &SessionState) -> Arc<TaskContext> {
         if self.own.get().is_some() {
             return Arc::new(TaskContext::from(state));
         }
+        // From the user's context itself: `state` carries this connection's notices.
         self.catalog
             .task
-            .get_or_init(|| Arc::new(TaskContext::from(state)))
+            .get_or_init(|| Arc::new(TaskContext::from(&self.catalog.context.state())))
             .clone()
     }
 }
@@ -735,8 +736,19 @@ mod tests {
         let first = lake.session(carol(), None).await.expect("session");
         let second = lake.session(carol(), None).await.expect("session");
         assert!(Arc::ptr_eq(&first.catalog, &second.catalog));
+        // plans and the task context are the user's while no setting is changed; the task
+        // context carries no connection's notices (engines take them when planned)
+        let state = second.planning_state();
+        let shared = second.task_context(&state);
+        assert!(Arc::ptr_eq(&first.task_context(&state), &shared));
+        assert!(shared.session_config().get_extension::<Notices>().is_none());
+        assert!(state.config().get_extension::<Notices>().is_some());
+        assert!(first.plans().is_some());
         // SET search_path on one connection
         first.set_default_schema("pg_catalog");
+        assert!(first.plans().is_none() && second.plans().is_some());
+        let own = first.task_context(&first.planning_state());
+        assert!(!Arc::ptr_eq(&own, &shared));
         assert!(
             one_value(&first, "SELECT current_schema()")
                 .await
