@@ -2,6 +2,7 @@
 //! says what went wrong without leaking secrets or hidden objects.
 use std::path::PathBuf;
 
+use datafusion::arrow::error::ArrowError;
 use datafusion::common::SchemaError;
 use datafusion::error::DataFusionError;
 use pgwire::error::{ErrorInfo, PgWireError};
@@ -56,6 +57,8 @@ pub enum QueryError {
     StatementTimeout,
     #[error("{0}")]
     Execution(String),
+    #[error("division by zero")]
+    DivisionByZero,
     #[error(transparent)]
     Aws(#[from] crate::aws::AwsError),
     #[error(transparent)]
@@ -78,6 +81,7 @@ impl QueryError {
             QueryError::InvalidParameter(_) => "22023",
             QueryError::Cancelled | QueryError::StatementTimeout => "57014",
             QueryError::Execution(_) => "22000",
+            QueryError::DivisionByZero => "22012",
             QueryError::Aws(e) => e.sqlstate(),
             QueryError::Athena(e) => e.sqlstate(),
             QueryError::Internal => "XX000",
@@ -128,7 +132,10 @@ impl From<DataFusionError> for QueryError {
             DataFusionError::SQL(err, _) => QueryError::Syntax(err.to_string()),
             DataFusionError::Plan(msg) => plan_error(msg),
             DataFusionError::NotImplemented(msg) => QueryError::Unsupported(msg.clone()),
-            DataFusionError::ArrowError(err, _) => QueryError::Execution(err.to_string()),
+            DataFusionError::ArrowError(err, _) => match err.as_ref() {
+                ArrowError::DivideByZero => QueryError::DivisionByZero,
+                err => QueryError::Execution(err.to_string()),
+            },
             DataFusionError::Execution(msg) => QueryError::Execution(msg.clone()),
             DataFusionError::Internal(msg) => {
                 tracing::error!(error = %msg, "internal planning error");

@@ -40,7 +40,7 @@ use crate::gate;
 use crate::lake::{Lake, UserSession};
 use crate::peer::PeerWatch;
 use crate::pg_compat;
-use crate::plan_cache::{self, CachedQuery, QueryText};
+use crate::plan_cache::{CachedQuery, Planned, QueryText};
 use crate::settings::Settings;
 
 /// A prepared statement: its text and, unless empty, the parsed statement and its plan.
@@ -283,22 +283,6 @@ async fn plan_statement(
     Ok(plan)
 }
 
-/// A query ready to run: planned just now (optimized when it runs, and kept for later runs of
-/// `text` where `plan_cache` allows), or taken from the user's plan cache, optimized already.
-enum Planned {
-    Fresh {
-        plan: LogicalPlan,
-        text: Option<QueryText>,
-    },
-    Cached(Arc<LogicalPlan>),
-}
-
-impl Planned {
-    fn once(plan: LogicalPlan) -> Self {
-        Planned::Fresh { plan, text: None }
-    }
-}
-
 fn format_options<C: ClientInfo + ?Sized>(client: &C) -> Arc<FormatOptions> {
     Arc::new(FormatOptions::from_client_metadata(client.metadata()))
 }
@@ -351,14 +335,7 @@ where
         .filter(|_| claim_cancel)
         .map(|h| (*h).clone());
     let state = session.planning_state();
-    let (optimized, reuse_as) = match plan {
-        Planned::Cached(plan) => (plan, None),
-        Planned::Fresh { plan, text } => {
-            let (optimized, reusable) = plan_cache::optimize(&state, &plan).map_err(df_err)?;
-            let reuse_as = text.filter(|_| reusable).map(|text| (text, plan));
-            (Arc::new(optimized), reuse_as)
-        }
-    };
+    let (optimized, keep) = plan.optimize(&state).map_err(df_err)?;
     let schema = column_names::postgres_schema(statement, optimized.schema().as_arrow());
     let fields = Arc::new(pgwire_fields(&schema, format, client)?);
     let physical = state
@@ -366,13 +343,8 @@ where
         .create_physical_plan(&optimized, &state)
         .await
         .map_err(df_err)?;
-    if let (Some((text, logical)), Some(cache)) = (reuse_as, session.plans()) {
-        let query = CachedQuery {
-            statement: Arc::new(statement.clone()),
-            logical: Arc::new(logical),
-            plan: optimized,
-        };
-        cache.insert(text, query);
+    if let (Some(keep), Some(cache)) = (keep, session.plans()) {
+        cache.keep(keep, statement);
     }
     let batches = datafusion::physical_plan::execute_stream(physical, session.task_context(&state))
         .map_err(df_err)?;
@@ -765,6 +737,7 @@ impl SimpleQueryHandler for QueryHandler {
             let plan = Planned::Fresh {
                 plan: plan_statement(&session, &statement).await?,
                 text: text.take(),
+                params: None,
             };
             responses.push(Response::Query(
                 execute(
@@ -806,7 +779,10 @@ impl QueryHandler {
                 return result;
             }
         }
-        let plan = Planned::Cached(cached.plan);
+        let plan = Planned::Cached {
+            plan: cached.plan,
+            params: None,
+        };
         let response = execute(
             client,
             session,
@@ -858,7 +834,7 @@ impl QueryParser for LakeParser {
             session.plans().and_then(|plans| plans.get(&text))
         };
         let plan = match &statement {
-            // A query run before without parameters is described from its plan then.
+            // A query run before is described from its plan then.
             Statement::Query(_) if let Some(cached) = cached() => cached.logical.as_ref().clone(),
             Statement::Query(_) | Statement::Explain { .. } => {
                 plan_statement(&session, &statement).await?
@@ -1002,26 +978,24 @@ impl ExtendedQueryHandler for QueryHandler {
                 return result;
             }
         }
-        // A statement without parameters plans the same on every run (where `plan_cache`
-        // allows): its text is the key. One with parameters is planned with their values.
+        // A query plans the same on every run (where `plan_cache` allows), its parameters
+        // bound into the optimized plan each time: its text is the key.
         let text = matches!(statement, Statement::Query(_))
             .then(|| QueryText::Prepared(portal.statement.statement.0.clone()));
-        let plan = if !types.is_empty() {
-            Planned::once(
-                plan.clone()
-                    .replace_params_with_values(&params)
-                    .map_err(df_err)?,
-            )
-        } else if let Some(cached) = (session.plans())
+        let params = (!types.is_empty()).then_some(params);
+        let cached = (session.plans())
             .zip(text.as_ref())
-            .and_then(|(plans, text)| plans.get(text))
-        {
-            Planned::Cached(cached.plan)
-        } else {
-            Planned::Fresh {
+            .and_then(|(plans, text)| plans.get(text));
+        let plan = match cached {
+            Some(cached) => Planned::Cached {
+                plan: cached.plan,
+                params,
+            },
+            None => Planned::Fresh {
                 plan: plan.clone(),
                 text,
-            }
+                params,
+            },
         };
         // pgwire collects every row of an unlimited Execute (max_rows 0, what most drivers
         // send) into memory before writing it; such results are written here, as they are

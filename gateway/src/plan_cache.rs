@@ -7,12 +7,16 @@
 //! - per user catalog (identity, login token, catalog generation), so per policy and tables;
 //! - only for connections planning in the user's shared context (no SET or search path of
 //!   their own, which could plan the same text differently);
-//! - only for queries without parameters, session variables or functions that are not
-//!   immutable: the optimizer folds `now()` and `current_date` into constants.
+//! - only for queries without session variables or functions that are not immutable: the
+//!   optimizer folds `now()` and `current_date` into constants.
+//!
+//! A prepared statement's parameters are bound into its optimized plan at each run: one
+//! generic plan serves every value, as PostgreSQL's generic plans do.
 use std::sync::Arc;
 
-use datafusion::common::Result;
+use datafusion::common::metadata::ScalarAndMetadata;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::common::{ParamValues, Result};
 use datafusion::execution::SessionState;
 use datafusion::logical_expr::{Expr, LogicalPlan, Volatility};
 use datafusion::sql::sqlparser::ast::Statement;
@@ -38,6 +42,110 @@ pub struct CachedQuery {
     pub plan: Arc<LogicalPlan>,
 }
 
+/// A query ready to run: planned just now (optimized when it runs, and kept for later runs of
+/// `text` where this module allows), or taken from the cache, optimized already. `params`: a
+/// prepared statement's values, bound into the optimized plan.
+pub enum Planned {
+    Fresh {
+        plan: LogicalPlan,
+        text: Option<QueryText>,
+        params: Option<ParamValues>,
+    },
+    Cached {
+        plan: Arc<LogicalPlan>,
+        params: Option<ParamValues>,
+    },
+}
+
+/// What the cache may keep of a query once it planned physically.
+pub struct Keep {
+    text: QueryText,
+    logical: LogicalPlan,
+    plan: Arc<LogicalPlan>,
+}
+
+impl Planned {
+    /// A plan run once, never kept.
+    pub fn once(plan: LogicalPlan) -> Self {
+        Planned::Fresh {
+            plan,
+            text: None,
+            params: None,
+        }
+    }
+
+    /// The optimized plan to run, parameters bound, and what the cache may keep of it.
+    pub fn optimize(self, state: &SessionState) -> Result<(Arc<LogicalPlan>, Option<Keep>)> {
+        let (plan, text, params) = match self {
+            Planned::Cached { plan, params: None } => return Ok((plan, None)),
+            Planned::Cached {
+                plan,
+                params: Some(params),
+            } => return Ok((Arc::new(bind(&plan, &params)?), None)),
+            Planned::Fresh { plan, text, params } => (plan, text, params),
+        };
+        let keep = |reusable: bool, plan: LogicalPlan, optimized: &Arc<LogicalPlan>| {
+            text.clone().filter(|_| reusable).map(|text| Keep {
+                text,
+                logical: plan,
+                plan: optimized.clone(),
+            })
+        };
+        let Some(params) = params else {
+            let (optimized, reusable) = optimize(state, &plan)?;
+            let optimized = Arc::new(optimized);
+            return Ok((optimized.clone(), keep(reusable, plan, &optimized)));
+        };
+        if text.is_some() {
+            // The generic plan, when the optimizer takes the placeholders as they are.
+            match optimize(state, &plan) {
+                Ok((generic, reusable)) => {
+                    let generic = Arc::new(generic);
+                    let bound = bind(&generic, &params)?;
+                    return Ok((Arc::new(bound), keep(reusable, plan, &generic)));
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "no generic plan: planned with the values");
+                }
+            }
+        }
+        let bound = plan.replace_params_with_values(&params)?;
+        Ok((Arc::new(optimize(state, &bound)?.0), None))
+    }
+}
+
+/// Binds a generic plan's parameters, each value as the type its placeholder was planned with:
+/// the optimizer coerced the plan around those types (a client's text decodes to `Utf8` where
+/// the plan compares the placeholder, typed `Utf8View`, with a `Utf8View` column).
+fn bind(plan: &LogicalPlan, params: &ParamValues) -> Result<LogicalPlan> {
+    let types = plan.get_parameter_types()?;
+    let typed = |id: &str, given: &ScalarAndMetadata| -> Result<ScalarAndMetadata> {
+        Ok(match types.get(id) {
+            Some(Some(planned)) if &given.value.data_type() != planned => ScalarAndMetadata {
+                value: given.value.cast_to(planned)?,
+                metadata: given.metadata.clone(),
+            },
+            _ => given.clone(),
+        })
+    };
+    let params = match params {
+        ParamValues::List(values) => ParamValues::List(
+            values
+                .iter()
+                .enumerate()
+                .map(|(i, value)| typed(&format!("${}", i + 1), value))
+                .collect::<Result<_>>()?,
+        ),
+        ParamValues::Map(values) => ParamValues::Map(
+            values
+                .iter()
+                .map(|(name, value)| Ok((name.clone(), typed(&format!("${name}"), value)?)))
+                .collect::<Result<_>>()?,
+        ),
+    };
+    plan.clone().replace_params_with_values(&params)
+}
+
 /// One user's cache. Empty, and never filled, when `entries` is 0.
 pub struct PlanCache(Option<moka::sync::Cache<QueryText, CachedQuery>>);
 
@@ -50,9 +158,15 @@ impl PlanCache {
         self.0.as_ref()?.get(text)
     }
 
-    pub fn insert(&self, text: QueryText, query: CachedQuery) {
+    /// Keeps what a query planned to, for `statement`'s next runs.
+    pub fn keep(&self, keep: Keep, statement: &Statement) {
         if let Some(cache) = &self.0 {
-            cache.insert(text, query);
+            let query = CachedQuery {
+                statement: Arc::new(statement.clone()),
+                logical: Arc::new(keep.logical),
+                plan: keep.plan,
+            };
+            cache.insert(keep.text, query);
         }
     }
 }
@@ -74,8 +188,9 @@ pub fn optimize(state: &SessionState, plan: &LogicalPlan) -> Result<(LogicalPlan
 }
 
 /// Whether an analyzed plan plans to the same result on every run: a query (no statement,
-/// DDL, DML or EXPLAIN), no parameter placeholders, no session variables, and only immutable
-/// functions.
+/// DDL, DML or EXPLAIN), no session variables, and only immutable functions. Parameter
+/// placeholders are bound at each run (and a plan that still has one when it runs fails to
+/// plan physically, so it is never kept).
 fn reusable(analyzed: &LogicalPlan) -> bool {
     let mut reusable = true;
     let _ = analyzed.apply_with_subqueries(|node| {
@@ -93,7 +208,7 @@ fn reusable(analyzed: &LogicalPlan) -> bool {
         if reusable {
             node.apply_expressions(|expr| {
                 expr.apply(|e| {
-                    reusable &= !matches!(e, Expr::Placeholder(_) | Expr::ScalarVariable(..))
+                    reusable &= !matches!(e, Expr::ScalarVariable(..))
                         && match e {
                             Expr::ScalarFunction(f) => {
                                 f.func.signature().volatility == Volatility::Immutable
@@ -142,6 +257,8 @@ mod tests {
             "SELECT 1",
             "SELECT a, upper(b) FROM t WHERE a > 3 ORDER BY a",
             "SELECT a FROM t WHERE a IN (SELECT a + 1 FROM t)",
+            // a generic plan: the value is bound at each run
+            "SELECT a FROM t WHERE a = $1",
         ] {
             assert!(analyzed_reusable(sql).await, "{sql} is reusable");
         }
@@ -152,8 +269,6 @@ mod tests {
             // inside a subquery, and inside a view's body
             "SELECT a FROM t WHERE EXISTS (SELECT 1 WHERE random() > 0.5)",
             "SELECT a FROM v",
-            // a different value on each run
-            "SELECT a FROM t WHERE a = $1",
             "EXPLAIN SELECT 1",
         ] {
             assert!(!analyzed_reusable(sql).await, "{sql} is not reusable");

@@ -18,10 +18,11 @@ use datafusion::optimizer::{ApplyOrder, OptimizerConfig, OptimizerRule};
 use crate::rewrite::PolicyBarrier;
 
 /// Whether evaluating `expr` on any row can neither fail nor depend on more than comparisons of
-/// column values with each other and with constants.
+/// column values with each other and with constants. A prepared statement's parameter is a
+/// constant: its value is bound before the query runs, the same for every row.
 pub fn is_error_free(expr: &Expr) -> bool {
     match expr {
-        Expr::Column(_) | Expr::Literal(..) => true,
+        Expr::Column(_) | Expr::Literal(..) | Expr::Placeholder(_) => true,
         Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
             matches!(
                 op,
@@ -57,18 +58,21 @@ pub fn is_error_free(expr: &Expr) -> bool {
             is_error_free(&like.expr) && is_constant(&like.pattern)
         }
         // A constant cast fails for every row alike, or for none.
-        Expr::Cast(c) => matches!(c.expr.as_ref(), Expr::Literal(..)),
-        Expr::TryCast(c) => matches!(c.expr.as_ref(), Expr::Literal(..)),
+        Expr::Cast(c) => is_value(&c.expr),
+        Expr::TryCast(c) => is_value(&c.expr),
         _ => false,
     }
 }
 
 fn is_constant(expr: &Expr) -> bool {
     match expr {
-        Expr::Literal(..) => true,
-        Expr::Cast(c) => matches!(c.expr.as_ref(), Expr::Literal(..)),
-        _ => false,
+        Expr::Cast(c) => is_value(&c.expr),
+        _ => is_value(expr),
     }
+}
+
+fn is_value(expr: &Expr) -> bool {
+    matches!(expr, Expr::Literal(..) | Expr::Placeholder(_))
 }
 
 /// Moves error-free predicates on unmasked columns from a Filter right above a policy barrier
@@ -201,6 +205,13 @@ mod tests {
         ));
         assert!(!is_error_free(&(col("units") + lit(1)).eq(lit(2))));
         assert!(is_error_free(&col("specialty").like(lit("Card%"))));
+        // a parameter is a value, bound before the query runs
+        let param = || datafusion::logical_expr::placeholder("$1");
+        assert!(is_error_free(&col("country").eq(param())));
+        assert!(is_error_free(&col("specialty").like(param())));
+        assert!(!is_error_free(
+            &(lit(1) / (col("units") - param())).gt(lit(0))
+        ));
         assert!(!is_error_free(&lit("Cardiology").like(col("specialty"))));
     }
 }

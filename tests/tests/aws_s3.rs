@@ -407,18 +407,34 @@ async fn partition_predicates_read_only_their_partitions() {
     let got = rows(&alice, &sql).await.expect("one day");
     assert_eq!(got, rows(&expected, &sql).await.expect("local"));
     assert_ne!(got, ["0|NULL"], "the day has EU sales");
-    let objects: Vec<String> = moto.requests()[before..]
-        .iter()
-        .filter(|r| r["method"] == "GET")
-        .filter_map(|r| r["path"].as_str().map(|p| p.replace("%3D", "=")))
-        .filter(|p| p.starts_with("/lake-gtm/gtm/sales/"))
-        .collect();
-    assert!(!objects.is_empty(), "the day's files were read");
-    for path in &objects {
-        assert!(
-            path.contains(&format!("/sale_date={day}/")),
-            "read outside the day: {path}"
-        );
+    let read_only_the_day = |before: usize| {
+        let objects: Vec<String> = moto.requests()[before..]
+            .iter()
+            .filter(|r| r["method"] == "GET")
+            .filter_map(|r| r["path"].as_str().map(|p| p.replace("%3D", "=")))
+            .filter(|p| p.starts_with("/lake-gtm/gtm/sales/"))
+            .collect();
+        assert!(!objects.is_empty(), "the day's files were read");
+        for path in &objects {
+            assert!(
+                path.contains(&format!("/sale_date={day}/")),
+                "read outside the day: {path}"
+            );
+        }
+    };
+    read_only_the_day(before);
+    // The day as a prepared statement's parameter: the same rows and the same pruning, on the
+    // first run and from the cached generic plan on the second.
+    let prepared = "SELECT count(*), sum(units) FROM gtm.sales WHERE sale_date = CAST($1 AS DATE)";
+    for _ in 0..2 {
+        let before = moto.requests().len();
+        let row = alice
+            .query_one(prepared, &[day])
+            .await
+            .expect("the day as a parameter");
+        let (n, units): (i64, i64) = (row.get(0), row.get(1));
+        assert_eq!(vec![format!("{n}|{units}")], got);
+        read_only_the_day(before);
     }
     // A predicate that can fail is not moved: it sees only the rows alice may see, as locally.
     let probing = format!(

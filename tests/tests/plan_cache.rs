@@ -110,3 +110,48 @@ async fn a_failed_transaction_refuses_a_repeated_query() {
     rows(&carol, "ROLLBACK").await.expect("ROLLBACK");
     assert_eq!(rows(&carol, sql).await.expect("after ROLLBACK"), count);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_prepared_plan_serves_every_value_under_policy() {
+    let gateway = Gateway::start();
+    let alice = gateway.connect("alice").await; // eu-sales: rows of DE, FR, DK, CH only
+    let carol = gateway.connect("carol").await; // steward: every row
+    let sql = "SELECT count(*) FROM hcp WHERE country = $1";
+    for round in 0..2 {
+        for country in ["DE", "US", "FR"] {
+            let literal = format!("SELECT count(*) FROM hcp WHERE country = '{country}'");
+            let all: i64 = rows(&carol, &literal).await.expect("carol")[0]
+                .parse()
+                .expect("count");
+            assert!(all > 0, "{country}");
+            let carols = count(&carol, sql, country).await.expect("carol");
+            let alices = count(&alice, sql, country).await.expect("alice");
+            let how = format!("round {round}, {country}");
+            assert_eq!(carols, all, "{how}");
+            assert_eq!(alices, if country == "US" { 0 } else { all }, "{how}");
+        }
+    }
+    // A parameter in a predicate that fails on the rows policy hides never runs on them: it
+    // stays above the row filter, as a literal does.
+    let probe = "SELECT count(*) FROM hcp WHERE 1 / (CASE WHEN country = $1 THEN 0 ELSE 1 END) = 1";
+    let visible: i64 = rows(&alice, "SELECT count(*) FROM hcp")
+        .await
+        .expect("alice")[0]
+        .parse()
+        .expect("count");
+    for _ in 0..2 {
+        let n = count(&alice, probe, "US")
+            .await
+            .expect("US rows are not evaluated for alice");
+        assert_eq!(n, visible);
+    }
+    let failed = count(&carol, probe, "US")
+        .await
+        .map(|n| vec![n.to_string()]);
+    assert_eq!(sqlstate(failed), "22012");
+}
+
+/// A count through the extended protocol, with one text parameter.
+async fn count(client: &Client, sql: &str, value: &str) -> Result<i64, tokio_postgres::Error> {
+    client.query_one(sql, &[&value]).await.map(|row| row.get(0))
+}
