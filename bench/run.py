@@ -316,11 +316,11 @@ class Bench:
         return systems
 
     # ---------- measurements ----------
-    def pgbench(self, url, script, clients, seconds, connect_each=False):
+    def pgbench(self, url, script, clients, seconds, connect_each=False, mode="simple"):
         path = self.tmp / f"script-{abs(hash(script))}.sql"
         path.write_text(script)
         logdir = Path(tempfile.mkdtemp(dir=self.tmp))
-        cmd = ["pgbench", "-n", "-f", str(path), "-c", str(clients), "-j", str(min(clients, 2)),
+        cmd = ["pgbench", "-n", "-M", mode, "-f", str(path), "-c", str(clients), "-j", str(min(clients, 2)),
                "-T", str(seconds), "-l", "--log-prefix", str(logdir / "tx")]
         if connect_each:
             cmd.append("-C")
@@ -345,17 +345,23 @@ class Bench:
     def bench_queries(self):
         seconds, runs = (1, 1) if self.smoke else (10, 3)
         lo, hi = self.hcp_ids
-        scripts = {
-            "SELECT 1": "SELECT 1;\n",
-            "point lookup": f"\\set id random({lo}, {hi})\nSELECT * FROM gtm.hcp WHERE hcp_id = :id;\n",
-        }
-        for name, script in scripts.items():
+        lookup = f"\\set id random({lo}, {hi})\nSELECT * FROM gtm.hcp WHERE hcp_id = :id;\n"
+        # (name, script, pgbench protocol): "prepared" sends the id as a parameter of one
+        # prepared statement, as JDBC, asyncpg and Npgsql do; "simple" sends a new text each time
+        scripts = [
+            ("SELECT 1", "SELECT 1;\n", "simple"),
+            ("point lookup", lookup, "simple"),
+            ("point lookup, prepared", lookup, "prepared"),
+        ]
+        for name, script, mode in scripts:
             for clients in (1, 32):
                 row = {}
                 for system, url in self.systems():
+                    if mode == "prepared" and system == "pgbouncer":
+                        continue  # PgBouncer 1.18's transaction pooling keeps no prepared statements
                     # datafusion-postgres serves the file as `hcp` in its default schema
                     text = script.replace("gtm.hcp", "hcp") if system == "datafusion-postgres" else script
-                    row[system] = self.repeat(lambda: self.pgbench(url, text, clients, seconds), runs)
+                    row[system] = self.repeat(lambda: self.pgbench(url, text, clients, seconds, mode=mode), runs)
                 self.results.append(("queries", f"{name}, {clients} client(s)", row))
 
     def bench_connections(self):
