@@ -244,10 +244,7 @@ async fn long_queries_report_progress_and_stop_when_cancelled_or_left() {
         .await
         .expect("count");
     assert_eq!(got, ["42"]);
-    let mut seen = Vec::new();
-    while let Ok(notice) = notices.try_recv() {
-        seen.push(notice);
-    }
+    let seen = received(&mut notices);
     assert!(
         seen.iter().any(|n| n.contains("QUEUED")) && seen.iter().any(|n| n.contains("RUNNING")),
         "progress notices: {seen:?}"
@@ -264,16 +261,14 @@ async fn long_queries_report_progress_and_stop_when_cancelled_or_left() {
         .await
         .expect("count again");
     assert_eq!(got, ["42"]);
-    let mut theirs = Vec::new();
-    while let Ok(notice) = other_notices.try_recv() {
-        theirs.push(notice);
-    }
+    let theirs = received(&mut other_notices);
     assert!(
         theirs.iter().any(|n| n.contains("RUNNING")),
         "progress notices: {theirs:?}"
     );
-    assert!(
-        notices.try_recv().is_err(),
+    assert_eq!(
+        received(&mut notices),
+        Vec::<String>::new(),
         "the first connection hears nothing of the other's query"
     );
 
@@ -426,4 +421,9 @@ async fn queries_athena_cannot_keep_policy_for_run_in_the_gateway() {
         sql.contains(r#""country" IN ('DE', 'FR', 'DK', 'CH')"#),
         "{sql}"
     );
+}
+
+/// The NOTICEs a connection has received so far.
+fn received(notices: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> Vec<String> {
+    std::iter::from_fn(|| notices.try_recv().ok()).collect()
 }
