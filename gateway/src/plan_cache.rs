@@ -96,8 +96,13 @@ impl Planned {
             let optimized = Arc::new(optimized);
             return Ok((optimized.clone(), keep(reusable, plan, &optimized)));
         };
-        if text.is_some() {
-            // The generic plan, when the optimizer takes the placeholders as they are.
+        // The generic plan, when every placeholder has a type (one without is typed by its
+        // value, which only binding first gives) and the optimizer takes them as they are.
+        let typed = || {
+            plan.get_parameter_types()
+                .is_ok_and(|types| types.values().all(Option::is_some))
+        };
+        if text.is_some() && typed() {
             match optimize(state, &plan) {
                 Ok((generic, reusable)) => {
                     let generic = Arc::new(generic);
