@@ -1,4 +1,11 @@
 //! `lakegate`: the gateway binary.
+
+// mimalloc, as DataFusion's own CLI: DataFusion allocates many small, short-lived objects per
+// statement (plans, expressions, schemas), and glibc's malloc was a fifth of a short query's
+// time. BENCHMARKS.md has the measurements.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod athena;
 mod auth;
 mod aws;
