@@ -8,7 +8,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::common::{DFSchema, DFSchemaRef};
+use datafusion::common::{DFSchema, DFSchemaRef, ParamValues};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::context::SQLOptions;
 use datafusion::logical_expr::LogicalPlan;
@@ -38,6 +38,7 @@ use crate::cursor::{self, Cursors};
 use crate::error::{QueryError, df_err};
 use crate::gate;
 use crate::lake::{Lake, UserSession};
+use crate::literal_params::{self, Parameterized};
 use crate::peer::PeerWatch;
 use crate::pg_compat;
 use crate::plan_cache::{CachedQuery, Planned, QueryText};
@@ -281,6 +282,31 @@ async fn plan_statement(
         .verify_plan(&plan)
         .map_err(|_| QueryError::refused("permission denied: statement not allowed", ""))?;
     Ok(plan)
+}
+
+/// Plans a simple query with its values taken out, to be kept for the same query with other
+/// values; or, where the values do not fit the placeholders' types (or the text with
+/// placeholders does not plan), from its text as written, to be kept for that text.
+async fn plan_literals(
+    session: &UserSession,
+    statement: &Statement,
+    literals: Parameterized,
+    text: Option<QueryText>,
+) -> Result<Planned, QueryError> {
+    if let Ok(plan) = plan_statement(session, &literals.statement).await
+        && literals.fits(&plan)
+    {
+        return Ok(Planned::Fresh {
+            plan,
+            params: Some(literals.params()),
+            text: Some(QueryText::Literals(literals.text)),
+        });
+    }
+    Ok(Planned::Fresh {
+        plan: plan_statement(session, statement).await?,
+        text,
+        params: None,
+    })
 }
 
 fn format_options<C: ClientInfo + ?Sized>(client: &C) -> Arc<FormatOptions> {
@@ -675,7 +701,7 @@ impl SimpleQueryHandler for QueryHandler {
         let session = user_session(&self.lake, client).await?;
         let text = QueryText::Simple(query.to_string());
         if let Some(cached) = session.plans().and_then(|plans| plans.get(&text)) {
-            return Ok(vec![self.run_cached(client, &session, cached).await?]);
+            return Ok(vec![self.run_cached(client, &session, cached, None).await?]);
         }
         let statements = self.parser.parse(query)?;
         if statements.is_empty() {
@@ -684,6 +710,23 @@ impl SimpleQueryHandler for QueryHandler {
         // Only a text of one query is kept: the cache answers it without parsing.
         let mut text =
             (statements.len() == 1 && matches!(statements[0], Statement::Query(_))).then_some(text);
+        // The same query with other values, planned before with placeholders.
+        let mut literals = statements
+            .first()
+            .filter(|_| text.is_some() && session.plans().is_some())
+            .and_then(literal_params::parameterize);
+        if let Some(literals) = &literals {
+            let key = QueryText::Literals(literals.text.clone());
+            if let Some(cached) = session.plans().and_then(|plans| plans.get(&key))
+                && literals.fits(&cached.logical)
+            {
+                gate::check(&statements[0])?;
+                let params = Some(literals.params());
+                return Ok(vec![
+                    self.run_cached(client, &session, cached, params).await?,
+                ]);
+            }
+        }
         let mut responses = Vec::with_capacity(statements.len());
         'statements: for statement in statements {
             if let Err(e) = gate::check(&statement) {
@@ -734,10 +777,15 @@ impl SimpleQueryHandler for QueryHandler {
                     continue 'statements;
                 }
             }
-            let plan = Planned::Fresh {
-                plan: plan_statement(&session, &statement).await?,
-                text: text.take(),
-                params: None,
+            let plan = match literals.take() {
+                Some(literals) => {
+                    plan_literals(&session, &statement, literals, text.take()).await?
+                }
+                None => Planned::Fresh {
+                    plan: plan_statement(&session, &statement).await?,
+                    text: text.take(),
+                    params: None,
+                },
             };
             responses.push(Response::Query(
                 execute(
@@ -763,6 +811,7 @@ impl QueryHandler {
         client: &mut C,
         session: &UserSession,
         cached: CachedQuery,
+        params: Option<ParamValues>,
     ) -> PgWireResult<Response>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
@@ -781,7 +830,7 @@ impl QueryHandler {
         }
         let plan = Planned::Cached {
             plan: cached.plan,
-            params: None,
+            params,
         };
         let response = execute(
             client,

@@ -22,6 +22,7 @@ mod information_schema;
 mod json_functions;
 mod lake;
 mod like_escape;
+mod literal_params;
 mod notices;
 mod oidc;
 mod peer;
