@@ -8,7 +8,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::common::{DFSchema, DFSchemaRef, ParamValues};
+use datafusion::common::{DFSchema, DFSchemaRef};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::context::SQLOptions;
 use datafusion::logical_expr::LogicalPlan;
@@ -284,28 +284,26 @@ async fn plan_statement(
     Ok(plan)
 }
 
-/// Plans a simple query with its values taken out, to be kept for the same query with other
-/// values; or, where the values do not fit the placeholders' types (or the text with
-/// placeholders does not plan), from its text as written, to be kept for that text.
-async fn plan_literals(
-    session: &UserSession,
-    statement: &Statement,
-    literals: Parameterized,
-    text: Option<QueryText>,
-) -> Result<Planned, QueryError> {
-    if let Ok(plan) = plan_statement(session, &literals.statement).await
-        && literals.fits(&plan)
+/// A query with its values taken out (`literal_params`): the plan kept for its shape, or one
+/// made now with placeholders, to be kept; None where the values do not fit the placeholders'
+/// types (or the text with placeholders does not plan), and the text is planned as written.
+async fn plan_literals(session: &UserSession, literals: &Parameterized) -> Option<Planned> {
+    let plans = session.plans()?;
+    let key = QueryText::Literals(literals.text.clone());
+    if let Some(cached) = plans.get(&key)
+        && literals.fits(&cached.logical)
     {
-        return Ok(Planned::Fresh {
-            plan,
+        tracing::debug!("plan cache hit, values taken out");
+        return Some(Planned::Cached {
+            plan: cached.plan,
             params: Some(literals.params()),
-            text: Some(QueryText::Literals(literals.text)),
         });
     }
-    Ok(Planned::Fresh {
-        plan: plan_statement(session, statement).await?,
-        text,
-        params: None,
+    let plan = plan_statement(session, &literals.statement).await.ok()?;
+    literals.fits(&plan).then(|| Planned::Fresh {
+        plan,
+        params: Some(literals.params()),
+        text: Some(key),
     })
 }
 
@@ -701,7 +699,7 @@ impl SimpleQueryHandler for QueryHandler {
         let session = user_session(&self.lake, client).await?;
         let text = QueryText::Simple(query.to_string());
         if let Some(cached) = session.plans().and_then(|plans| plans.get(&text)) {
-            return Ok(vec![self.run_cached(client, &session, cached, None).await?]);
+            return Ok(vec![self.run_cached(client, &session, cached).await?]);
         }
         let statements = self.parser.parse(query)?;
         if statements.is_empty() {
@@ -710,23 +708,11 @@ impl SimpleQueryHandler for QueryHandler {
         // Only a text of one query is kept: the cache answers it without parsing.
         let mut text =
             (statements.len() == 1 && matches!(statements[0], Statement::Query(_))).then_some(text);
-        // The same query with other values, planned before with placeholders.
+        // The same query with other values may have been planned before, with placeholders.
         let mut literals = statements
             .first()
-            .filter(|_| text.is_some() && session.plans().is_some())
+            .filter(|_| text.is_some())
             .and_then(literal_params::parameterize);
-        if let Some(literals) = &literals {
-            let key = QueryText::Literals(literals.text.clone());
-            if let Some(cached) = session.plans().and_then(|plans| plans.get(&key))
-                && literals.fits(&cached.logical)
-            {
-                gate::check(&statements[0])?;
-                let params = Some(literals.params());
-                return Ok(vec![
-                    self.run_cached(client, &session, cached, params).await?,
-                ]);
-            }
-        }
         let mut responses = Vec::with_capacity(statements.len());
         'statements: for statement in statements {
             if let Err(e) = gate::check(&statement) {
@@ -778,9 +764,11 @@ impl SimpleQueryHandler for QueryHandler {
                 }
             }
             let plan = match literals.take() {
-                Some(literals) => {
-                    plan_literals(&session, &statement, literals, text.take()).await?
-                }
+                Some(literals) => plan_literals(&session, &literals).await,
+                None => None,
+            };
+            let plan = match plan {
+                Some(plan) => plan,
                 None => Planned::Fresh {
                     plan: plan_statement(&session, &statement).await?,
                     text: text.take(),
@@ -811,7 +799,6 @@ impl QueryHandler {
         client: &mut C,
         session: &UserSession,
         cached: CachedQuery,
-        params: Option<ParamValues>,
     ) -> PgWireResult<Response>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
@@ -830,7 +817,7 @@ impl QueryHandler {
         }
         let plan = Planned::Cached {
             plan: cached.plan,
-            params,
+            params: None,
         };
         let response = execute(
             client,
@@ -1035,12 +1022,21 @@ impl ExtendedQueryHandler for QueryHandler {
         let cached = (session.plans())
             .zip(text.as_ref())
             .and_then(|(plans, text)| plans.get(text));
-        let plan = match cached {
-            Some(cached) => Planned::Cached {
+        // A text without parameters may still be the same query with other values.
+        let literals = (params.is_none() && cached.is_none() && text.is_some())
+            .then(|| literal_params::parameterize(statement))
+            .flatten();
+        let with_literals = match &literals {
+            Some(literals) => plan_literals(&session, literals).await,
+            None => None,
+        };
+        let plan = match (cached, with_literals) {
+            (Some(cached), _) => Planned::Cached {
                 plan: cached.plan,
                 params,
             },
-            None => Planned::Fresh {
+            (None, Some(planned)) => planned,
+            (None, None) => Planned::Fresh {
                 plan: plan.clone(),
                 text,
                 params,
