@@ -41,7 +41,7 @@ use crate::lake::{Lake, UserSession};
 use crate::literal_params::{self, Parameterized};
 use crate::peer::PeerWatch;
 use crate::pg_compat;
-use crate::plan_cache::{CachedQuery, Planned, QueryText};
+use crate::plan_cache::{self, CachedQuery, Planned, QueryText};
 use crate::settings::Settings;
 
 /// A prepared statement: its text and, unless empty, the parsed statement and its plan.
@@ -305,6 +305,17 @@ async fn plan_literals(session: &UserSession, literals: &Parameterized) -> Optio
         params: Some(literals.params()),
         text: Some(key),
     })
+}
+
+/// The plan a query's shape was kept with (`plan_literals`), its values bound in.
+fn described_by_shape(session: &UserSession, statement: &Statement) -> Option<LogicalPlan> {
+    let literals = literal_params::parameterize(statement)?;
+    let key = QueryText::Literals(literals.text.clone());
+    let cached = session.plans()?.get(&key)?;
+    if !literals.fits(&cached.logical) {
+        return None;
+    }
+    plan_cache::bind(&cached.logical, &literals.params()).ok()
 }
 
 fn format_options<C: ClientInfo + ?Sized>(client: &C) -> Arc<FormatOptions> {
@@ -872,6 +883,11 @@ impl QueryParser for LakeParser {
         let plan = match &statement {
             // A query run before is described from its plan then.
             Statement::Query(_) if let Some(cached) = cached() => cached.logical.as_ref().clone(),
+            // So is one whose shape ran before with other values: they are bound into it, and
+            // the client is told of no parameters, as it sent none.
+            Statement::Query(_) if let Some(plan) = described_by_shape(&session, &statement) => {
+                plan
+            }
             Statement::Query(_) | Statement::Explain { .. } => {
                 plan_statement(&session, &statement).await?
             }

@@ -125,7 +125,7 @@ impl Planned {
 /// Binds a generic plan's parameters, each value as the type its placeholder was planned with:
 /// the optimizer coerced the plan around those types (a client's text decodes to `Utf8` where
 /// the plan compares the placeholder, typed `Utf8View`, with a `Utf8View` column).
-fn bind(plan: &LogicalPlan, params: &ParamValues) -> Result<LogicalPlan> {
+pub fn bind(plan: &LogicalPlan, params: &ParamValues) -> Result<LogicalPlan> {
     let types = plan.get_parameter_types()?;
     let typed = |id: &str, given: &ScalarAndMetadata| -> Result<ScalarAndMetadata> {
         Ok(match types.get(id) {
