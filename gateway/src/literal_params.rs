@@ -1,7 +1,7 @@
-//! Values written into a simple query's text, taken out as parameters so that one plan serves
-//! the query sent again with other values (`WHERE hcp_id = 17`, then `= 18`): BI tools and
-//! scripts write their filter values into the text, and a text seen once gains nothing from
-//! the plan cache.
+//! Values written into a query's text, taken out as parameters so that one plan serves the
+//! query sent again with other values (`WHERE hcp_id = 17`, then `= 18`): BI tools and scripts
+//! write their filter values into the text, through either protocol, and a text seen once
+//! gains nothing from the plan cache.
 //!
 //! Only the plainest values are taken out: an integer or a quoted string compared with a
 //! column in a WHERE clause (`=`, `<>`, `<`, `<=`, `>`, `>=`, `IN (...)`, `BETWEEN`). The plan

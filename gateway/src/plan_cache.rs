@@ -11,8 +11,8 @@
 //!   optimizer folds `now()` and `current_date` into constants.
 //!
 //! A prepared statement's parameters are bound into its optimized plan at each run: one
-//! generic plan serves every value, as PostgreSQL's generic plans do. A simple query's values
-//! are bound the same way where `literal_params` can take them out of its text.
+//! generic plan serves every value, as PostgreSQL's generic plans do. Values written into a
+//! query's text are bound the same way where `literal_params` can take them out of it.
 use std::sync::Arc;
 
 use datafusion::common::metadata::ScalarAndMetadata;
@@ -26,9 +26,9 @@ use datafusion::sql::sqlparser::ast::Statement;
 pub const DEFAULT_ENTRIES: u64 = 256;
 
 /// Which text a plan was made from: a simple query's text as the client sent it, the text
-/// of a statement prepared by the extended protocol (as parsed and printed again), or a simple
-/// query's text with its values taken out (`literal_params`). The three are kept apart: the
-/// same characters can stand for different statements in each.
+/// of a statement prepared by the extended protocol (as parsed and printed again), or a query's
+/// text, from either protocol, with its values taken out (`literal_params`). The three are kept
+/// apart: the same characters can stand for different statements in each.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum QueryText {
     Simple(String),
