@@ -1096,3 +1096,82 @@ where
     }
     Ok(Response::Execution(Tag::new(&tag).with_rows(count)))
 }
+
+#[cfg(test)]
+mod tests {
+    use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+    use datafusion::sql::sqlparser::parser::Parser;
+
+    use super::*;
+
+    fn taken_out(sql: &str) -> Parameterized {
+        let statement = Parser::parse_sql(&PostgreSqlDialect {}, sql)
+            .expect("parses")
+            .remove(0);
+        literal_params::parameterize(&statement).expect("values taken out")
+    }
+
+    /// How many rows `planned` returns for `session`'s user.
+    async fn run(session: &UserSession, planned: Planned) -> usize {
+        let state = session.planning_state();
+        let (plan, keep) = planned.optimize(&state).expect("optimizes");
+        if let (Some(keep), Some(plans)) = (keep, session.plans()) {
+            let statement = Parser::parse_sql(&PostgreSqlDialect {}, "SELECT 1")
+                .expect("parses")
+                .remove(0);
+            plans.keep(keep, &statement);
+        }
+        let physical = state
+            .query_planner()
+            .create_physical_plan(&plan, &state)
+            .await
+            .expect("plans physically");
+        datafusion::physical_plan::collect(physical, session.task_context(&state))
+            .await
+            .expect("runs")
+            .iter()
+            .map(|b| b.num_rows())
+            .sum()
+    }
+
+    /// A query's shape is planned by its first run and serves the runs with other values, under
+    /// the user's row filter; a value of another type than the column's is planned as written.
+    #[tokio::test]
+    async fn a_shape_is_planned_once_for_all_its_values() {
+        let (lake, _) = crate::lake::tests::quickstart().await;
+        let alice = lake.identity_of("alice").expect("alice"); // EU rows only
+        let session = lake.session(alice, None).await.expect("session");
+        let sql = |id: &str| format!("SELECT full_name FROM hcp WHERE hcp_id = {id}");
+        // hcp 8 is German, hcp 5 is not in the EU countries alice may read
+        let first = plan_literals(&session, &taken_out(&sql("8")))
+            .await
+            .expect("planned with placeholders");
+        assert!(matches!(
+            first,
+            Planned::Fresh {
+                text: Some(QueryText::Literals(_)),
+                ..
+            }
+        ));
+        assert_eq!(run(&session, first).await, 1);
+        for (id, visible) in [("5", 0), ("8", 1), ("9", 1)] {
+            let again = plan_literals(&session, &taken_out(&sql(id)))
+                .await
+                .expect("planned");
+            assert!(matches!(again, Planned::Cached { .. }), "{id}");
+            assert_eq!(run(&session, again).await, visible, "{id}");
+        }
+        // described at Parse from the kept plan, the values bound: no parameters to ask for
+        let statement = Parser::parse_sql(&PostgreSqlDialect {}, &sql("9"))
+            .expect("parses")
+            .remove(0);
+        let described = described_by_shape(&session, &statement).expect("described");
+        assert!(described.get_parameter_types().expect("types").is_empty());
+        // a string for a number column is planned as written
+        assert!(
+            plan_literals(&session, &taken_out(&sql("'9'")))
+                .await
+                .is_none()
+        );
+    }
+}

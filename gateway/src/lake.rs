@@ -700,12 +700,13 @@ impl Visible {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::path::Path;
 
     use super::*;
 
-    async fn quickstart() -> (Lake, Config) {
+    /// The quickstart's lake (config, catalog, policy), for tests of what runs on it.
+    pub(crate) async fn quickstart() -> (Lake, Config) {
         let quickstart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart");
         crate::demo::ensure(&quickstart.join("data")).expect("demo data");
         let config = Config::load(&quickstart.join("lakegate.yaml")).expect("config");
