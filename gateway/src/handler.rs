@@ -1104,22 +1104,23 @@ mod tests {
 
     use super::*;
 
-    fn taken_out(sql: &str) -> Parameterized {
-        let statement = Parser::parse_sql(&PostgreSqlDialect {}, sql)
+    fn parse(sql: &str) -> Statement {
+        Parser::parse_sql(&PostgreSqlDialect {}, sql)
             .expect("parses")
-            .remove(0);
-        literal_params::parameterize(&statement).expect("values taken out")
+            .remove(0)
     }
 
-    /// How many rows `planned` returns for `session`'s user.
-    async fn run(session: &UserSession, planned: Planned) -> usize {
+    fn taken_out(sql: &str) -> Parameterized {
+        literal_params::parameterize(&parse(sql)).expect("values taken out")
+    }
+
+    /// How many rows `planned` (made from `sql`) returns for `session`'s user; kept as
+    /// `execute_batches` keeps it.
+    async fn run(session: &UserSession, planned: Planned, sql: &str) -> usize {
         let state = session.planning_state();
         let (plan, keep) = planned.optimize(&state).expect("optimizes");
         if let (Some(keep), Some(plans)) = (keep, session.plans()) {
-            let statement = Parser::parse_sql(&PostgreSqlDialect {}, "SELECT 1")
-                .expect("parses")
-                .remove(0);
-            plans.keep(keep, &statement);
+            plans.keep(keep, &parse(sql));
         }
         let physical = state
             .query_planner()
@@ -1153,19 +1154,16 @@ mod tests {
                 ..
             }
         ));
-        assert_eq!(run(&session, first).await, 1);
+        assert_eq!(run(&session, first, &sql("8")).await, 1);
         for (id, visible) in [("5", 0), ("8", 1), ("9", 1)] {
             let again = plan_literals(&session, &taken_out(&sql(id)))
                 .await
                 .expect("planned");
             assert!(matches!(again, Planned::Cached { .. }), "{id}");
-            assert_eq!(run(&session, again).await, visible, "{id}");
+            assert_eq!(run(&session, again, &sql(id)).await, visible, "{id}");
         }
         // described at Parse from the kept plan, the values bound: no parameters to ask for
-        let statement = Parser::parse_sql(&PostgreSqlDialect {}, &sql("9"))
-            .expect("parses")
-            .remove(0);
-        let described = described_by_shape(&session, &statement).expect("described");
+        let described = described_by_shape(&session, &parse(&sql("9"))).expect("described");
         assert!(described.get_parameter_types().expect("types").is_empty());
         // a string for a number column is planned as written
         assert!(

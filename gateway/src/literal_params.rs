@@ -10,6 +10,8 @@
 //! column). There the plan means what the plan with the literal means; anything else (a
 //! string compared with a number, a value out of the column's range) is planned from the text
 //! as written.
+use std::ops::ControlFlow;
+
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::metadata::ScalarAndMetadata;
 use datafusion::common::{ParamValues, ScalarValue};
@@ -18,7 +20,6 @@ use datafusion::sql::sqlparser::ast::{
     BinaryOperator, Expr, Query, SetExpr, Statement, TableFactor, UnaryOperator, Value,
     visit_expressions,
 };
-use std::ops::ControlFlow;
 
 /// A query with its literal values replaced by `$1`, `$2`, ...: the statement to plan, its
 /// text (the cache's key) and the values, in placeholder order.
