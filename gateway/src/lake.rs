@@ -13,7 +13,9 @@ use datafusion::catalog::{
 };
 use datafusion::common::TableReference;
 use datafusion::error::Result as DfResult;
+use datafusion::execution::cache::cache_manager::CacheManagerConfig;
 use datafusion::execution::context::QueryPlanner;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::{SessionState, SessionStateBuilder, TaskContext};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::ExecutionPlan;
@@ -341,7 +343,7 @@ impl Lake {
         }
     }
 
-    fn session_context(&self, planner: PolicyQueryPlanner) -> SessionContext {
+    fn session_context(&self, planner: PolicyQueryPlanner) -> Result<SessionContext, StartupError> {
         let mut config = SessionConfig::new()
             .with_default_catalog_and_schema(&self.config.database, &self.default_schema)
             // Lakegate's own information_schema (PostgreSQL's shape) replaces DataFusion's.
@@ -354,13 +356,14 @@ impl Lake {
         let rules = lakegate_policy::analyzer_rules();
         let state = SessionStateBuilder::new()
             .with_config(config)
+            .with_runtime_env(listing_every_scan()?)
             .with_default_features()
             .with_analyzer_rules(rules)
             // after DataFusion's filter pushdown, which then takes what it moved to the scan
             .with_optimizer_rule(Arc::new(lakegate_policy::PushSafePredicates))
             .with_query_planner(Arc::new(planner))
             .build();
-        SessionContext::new_with_state(state)
+        Ok(SessionContext::new_with_state(state))
     }
 
     /// A connection's session, over the user's catalog as cached (built when missing; callers
@@ -440,7 +443,7 @@ impl Lake {
     ) -> Result<UserCatalog, StartupError> {
         let personas = self.policy.personas_of(&identity);
         let planner = self.planner(&identity, token.clone(), &personas);
-        let context = self.session_context(planner);
+        let context = self.session_context(planner)?;
         let state = context.state();
         let catalog = Arc::new(MemoryCatalogProvider::new());
         context.register_catalog(&self.config.database, catalog.clone());
@@ -671,6 +674,18 @@ impl QueryPlanner for PolicyQueryPlanner {
     }
 }
 
+/// A runtime (one per user's catalog: it holds the object stores opened with the user's
+/// credentials) that lists a table's files on every scan. DataFusion keeps listings for
+/// ever by default: files landing in a table's folder or S3 prefix went unseen, and files
+/// removed were still looked for, while the user kept querying.
+fn listing_every_scan() -> Result<Arc<RuntimeEnv>, StartupError> {
+    let caches = CacheManagerConfig::default().with_list_files_cache_limit(0);
+    RuntimeEnvBuilder::new()
+        .with_cache_manager(caches)
+        .build_arc()
+        .map_err(|e| StartupError::Other(format!("DataFusion's runtime: {e}")))
+}
+
 impl Visible {
     /// Resolves `table`, `schema.table` or `db.schema.table` as PostgreSQL reads a name given
     /// as text: unquoted parts fold to lower case, quoted parts keep theirs.
@@ -823,5 +838,45 @@ pub(crate) mod tests {
             catalogs.upgrade().is_none(),
             "the session's catalogs outlived it"
         );
+    }
+
+    fn copy_folder(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).expect("folder");
+        for entry in std::fs::read_dir(from).expect("read folder") {
+            let entry = entry.expect("entry");
+            let target = to.join(entry.file_name());
+            if entry.file_type().expect("type").is_dir() {
+                copy_folder(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), &target).expect("copy");
+            }
+        }
+    }
+
+    /// Files land in a table's folder (or S3 prefix) while users query it: the next query
+    /// of the same session reads them, and does not look for files that are gone.
+    #[tokio::test]
+    async fn files_added_or_removed_are_seen_by_the_next_query() {
+        let quickstart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart");
+        crate::demo::ensure(&quickstart.join("data")).expect("demo data");
+        let dir = std::env::temp_dir().join(format!("lakegate-files-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        copy_folder(&quickstart, &dir);
+        let config = Config::load(&dir.join("lakegate.yaml")).expect("config");
+        let (catalog, _) = crate::load_catalog(&config, None).await.expect("catalog");
+        let policy = crate::load_policy(&config.policy).expect("policy");
+        let lake = Lake::new(Arc::new(config), catalog, policy, None).expect("lake");
+        let carol = lake.identity_of("carol").expect("carol");
+        let session = lake.session(carol, None).await.expect("session");
+        let count = "SELECT count(*) AS n FROM gtm.hcp";
+        assert!(one_value(&session, count).await.contains("| 2000 |"));
+        let folder = dir.join("data/gtm/hcp");
+        std::fs::copy(folder.join("part-0.parquet"), folder.join("part-1.parquet")).expect("add");
+        let after_add = one_value(&session, count).await;
+        std::fs::remove_file(folder.join("part-1.parquet")).expect("remove");
+        let after_remove = one_value(&session, count).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(after_add.contains("| 4000 |"), "{after_add}");
+        assert!(after_remove.contains("| 2000 |"), "{after_remove}");
     }
 }
