@@ -9,6 +9,8 @@ use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
+use datafusion::execution::cache::cache_manager::FileStatisticsCache;
+use datafusion::execution::cache::default_cache::DefaultCache;
 
 use crate::error::CatalogError;
 use crate::glue_table::{GlueRef, GlueTable};
@@ -26,6 +28,16 @@ pub struct LocalCatalog {
     catalog: Catalog,
     /// Folder that relative table locations are resolved against.
     base_dir: PathBuf,
+    /// Each data file's statistics, read from its footer once rather than on every scan;
+    /// an entry is used only while the file's size and modification time are unchanged.
+    file_statistics: Arc<FileStatisticsCache>,
+}
+
+/// DataFusion's own default size for this cache.
+const FILE_STATISTICS_BYTES: usize = 20 * 1024 * 1024;
+
+fn file_statistics_cache() -> Arc<FileStatisticsCache> {
+    Arc::new(DefaultCache::new(FILE_STATISTICS_BYTES).with_name("lakegate file statistics"))
 }
 
 impl LocalCatalog {
@@ -43,7 +55,11 @@ impl LocalCatalog {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
-        let local = LocalCatalog { catalog, base_dir };
+        let local = LocalCatalog {
+            catalog,
+            base_dir,
+            file_statistics: file_statistics_cache(),
+        };
         local.validate()?;
         Ok(local)
     }
@@ -53,6 +69,7 @@ impl LocalCatalog {
         LocalCatalog {
             catalog: Catalog::default(),
             base_dir: PathBuf::from("."),
+            file_statistics: file_statistics_cache(),
         }
     }
 
@@ -188,7 +205,9 @@ impl LocalCatalog {
         let config = ListingTableConfig::new(url)
             .with_listing_options(options)
             .with_schema(file_schema);
-        let listing = ListingTable::try_new(config).map_err(provider_error)?;
+        let listing = ListingTable::try_new(config)
+            .map_err(provider_error)?
+            .with_cache(Some(self.file_statistics.clone()));
         Ok(Arc::new(listing))
     }
 
@@ -221,6 +240,7 @@ mod tests {
         let local = LocalCatalog {
             catalog,
             base_dir: PathBuf::from("."),
+            file_statistics: file_statistics_cache(),
         };
         let table = &local.catalog.databases[0].tables[0];
         let provider = local.table_provider("d", table, None).expect("provider");
@@ -242,5 +262,76 @@ mod tests {
             provider_types("csv"),
             [DataType::Utf8, DataType::Binary, DataType::Int64]
         );
+    }
+
+    /// Statistics are kept per file; a file rewritten between queries must still be read
+    /// anew (DataFusion answers `count(*)` from exact statistics without reading rows).
+    /// A kept entry is checked against the file's size and modification time, so the new
+    /// file differs in size (two writes within one clock tick of the file system can have
+    /// the same time).
+    #[tokio::test]
+    async fn a_rewritten_file_is_not_answered_from_kept_statistics() {
+        let dir = std::env::temp_dir().join(format!("lakegate-stats-{}", std::process::id()));
+        let data = dir.join("t");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&data).expect("folder");
+        let writer = datafusion::prelude::SessionContext::new();
+        let write = |rows: &'static str| {
+            let file = data.join("part-0.parquet");
+            let writer = writer.clone();
+            async move {
+                let _ = std::fs::remove_file(&file);
+                let sql = format!(
+                    "COPY (SELECT column1 AS n FROM (VALUES {rows})) TO '{}' STORED AS PARQUET",
+                    file.display()
+                );
+                writer
+                    .sql(&sql)
+                    .await
+                    .expect("copy")
+                    .collect()
+                    .await
+                    .expect("written");
+            }
+        };
+        write("(1), (2)").await;
+        let yaml = "databases:\n  - name: d\n    tables:\n      - name: t\n        location: t\n        \
+                    format: parquet\n        columns:\n          - { name: n, type: bigint }\n";
+        let local = LocalCatalog {
+            catalog: serde_saphyr::from_str(yaml).expect("catalog yaml"),
+            base_dir: dir.clone(),
+            file_statistics: file_statistics_cache(),
+        };
+        let table = &local.catalog.databases[0].tables[0];
+        // as the gateway reads: listing the files on every scan
+        let caches = datafusion::execution::cache::cache_manager::CacheManagerConfig::default()
+            .with_list_files_cache_limit(0);
+        let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+            .with_cache_manager(caches)
+            .build_arc()
+            .expect("runtime");
+        let reader = datafusion::prelude::SessionContext::new_with_config_rt(
+            datafusion::prelude::SessionConfig::new(),
+            runtime,
+        );
+        let provider = local.table_provider("d", table, None).expect("provider");
+        reader.register_table("t", provider).expect("registered");
+        let count = || async {
+            let batches = reader
+                .sql("SELECT count(*) FROM t")
+                .await
+                .expect("plan")
+                .collect()
+                .await
+                .expect("run");
+            datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+                .expect("format")
+                .to_string()
+        };
+        assert!(count().await.contains("| 2 "), "{}", count().await);
+        assert_eq!(local.file_statistics.len(), 1, "statistics kept");
+        write("(1), (2), (3), (4), (5), (6), (7), (8), (9), (10), (11), (12)").await;
+        assert!(count().await.contains("| 12 "), "{}", count().await);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
