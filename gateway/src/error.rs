@@ -59,6 +59,12 @@ pub enum QueryError {
     Execution(String),
     #[error("division by zero")]
     DivisionByZero,
+    /// Reading a table's data failed below the query: its text names files and buckets, so
+    /// it goes to the log only.
+    #[error(
+        "a data file of the query's tables could not be read: it changed or went away while the query ran, or the storage failed"
+    )]
+    Unreadable,
     #[error(transparent)]
     Aws(#[from] crate::aws::AwsError),
     #[error(transparent)]
@@ -82,6 +88,7 @@ impl QueryError {
             QueryError::Cancelled | QueryError::StatementTimeout => "57014",
             QueryError::Execution(_) => "22000",
             QueryError::DivisionByZero => "22012",
+            QueryError::Unreadable => "58030",
             QueryError::Aws(e) => e.sqlstate(),
             QueryError::Athena(e) => e.sqlstate(),
             QueryError::Internal => "XX000",
@@ -103,6 +110,7 @@ impl From<QueryError> for PgWireError {
             QueryError::Refused { hint, .. } => hint.as_str(),
             QueryError::Aws(aws) => aws.hint(),
             QueryError::Athena(athena) => athena.hint(),
+            QueryError::Unreadable => "Run the query again; the gateway's log names the file.",
             _ => "",
         };
         if !hint.is_empty() {
@@ -134,8 +142,12 @@ impl From<DataFusionError> for QueryError {
             DataFusionError::NotImplemented(msg) => QueryError::Unsupported(msg.clone()),
             DataFusionError::ArrowError(err, _) => match err.as_ref() {
                 ArrowError::DivideByZero => QueryError::DivisionByZero,
+                ArrowError::ParquetError(_) | ArrowError::IoError(..) => unreadable(&e),
                 err => QueryError::Execution(err.to_string()),
             },
+            DataFusionError::ObjectStore(_)
+            | DataFusionError::ParquetError(_)
+            | DataFusionError::IoError(_) => unreadable(&e),
             DataFusionError::Execution(msg) => QueryError::Execution(msg.clone()),
             DataFusionError::Internal(msg) => {
                 tracing::error!(error = %msg, "internal planning error");
@@ -163,6 +175,11 @@ pub fn find_cause<T: std::error::Error + Clone + 'static>(
         cause = error.source();
     }
     None
+}
+
+fn unreadable(e: &DataFusionError) -> QueryError {
+    tracing::warn!(error = %e, "a data file could not be read");
+    QueryError::Unreadable
 }
 
 fn plan_error(msg: &str) -> QueryError {
@@ -205,4 +222,45 @@ fn plan_error(msg: &str) -> QueryError {
 
 pub fn df_err(e: DataFusionError) -> PgWireError {
     QueryError::from(e).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Failed reads name files and buckets: the client gets neither, only what happened.
+    #[test]
+    fn unreadable_data_names_no_file() {
+        let gone = "External: Object at location lake-gtm/gtm/hcp/part-1.parquet not found";
+        let errors = [
+            DataFusionError::ArrowError(Box::new(ArrowError::ParquetError(gone.into())), None),
+            DataFusionError::ObjectStore(Box::new(object_store::Error::NotFound {
+                path: "lake-gtm/gtm/hcp/part-1.parquet".into(),
+                source: "gone".into(),
+            })),
+            DataFusionError::Context(
+                "reading".into(),
+                Box::new(DataFusionError::IoError(std::io::Error::other(
+                    "/data/gtm/hcp/part-1.parquet: Input/output error",
+                ))),
+            ),
+        ];
+        for error in errors {
+            let mapped = QueryError::from(error);
+            assert_eq!(mapped.sqlstate(), "58030");
+            let shown = mapped.to_string();
+            assert!(
+                !shown.contains("part-1") && !shown.contains("lake-gtm"),
+                "{shown}"
+            );
+        }
+        // errors in the data itself are still the user's to see
+        let data = DataFusionError::ArrowError(
+            Box::new(ArrowError::CastError(
+                "Cannot cast string 'x' to Int64".into(),
+            )),
+            None,
+        );
+        assert_eq!(QueryError::from(data).sqlstate(), "22000");
+    }
 }
