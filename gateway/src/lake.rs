@@ -362,7 +362,7 @@ impl Lake {
         let rules = lakegate_policy::analyzer_rules();
         let state = SessionStateBuilder::new()
             .with_config(config)
-            .with_runtime_env(listing_every_scan()?)
+            .with_runtime_env(runtime(self.config.file_listing_seconds)?)
             .with_default_features()
             .with_analyzer_rules(rules)
             // after DataFusion's filter pushdown, which then takes what it moved to the scan
@@ -681,11 +681,16 @@ impl QueryPlanner for PolicyQueryPlanner {
 }
 
 /// A runtime (one per user's catalog: it holds the object stores opened with the user's
-/// credentials) that lists a table's files on every scan. DataFusion keeps listings for
-/// ever by default: files landing in a table's folder or S3 prefix went unseen, and files
-/// removed were still looked for, while the user kept querying.
-fn listing_every_scan() -> Result<Arc<RuntimeEnv>, StartupError> {
-    let caches = CacheManagerConfig::default().with_list_files_cache_limit(0);
+/// credentials) that lists a table's files on every scan, or keeps a listing for
+/// `listing_seconds`. DataFusion keeps listings for ever by default: files landing in a
+/// table's folder or S3 prefix went unseen, and files removed were still looked for, while the
+/// user kept querying.
+fn runtime(listing_seconds: u64) -> Result<Arc<RuntimeEnv>, StartupError> {
+    let caches = match listing_seconds {
+        0 => CacheManagerConfig::default().with_list_files_cache_limit(0),
+        seconds => CacheManagerConfig::default()
+            .with_list_files_cache_ttl(Some(std::time::Duration::from_secs(seconds))),
+    };
     RuntimeEnvBuilder::new()
         .with_cache_manager(caches)
         .build_arc()
@@ -722,7 +727,7 @@ impl Visible {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use std::path::Path;
+    use std::path::{Path, PathBuf};
 
     use super::*;
 
@@ -881,30 +886,61 @@ pub(crate) mod tests {
         }
     }
 
-    /// Files land in a table's folder (or S3 prefix) while users query it: the next query
-    /// of the same session reads them, and does not look for files that are gone.
-    #[tokio::test]
-    async fn files_added_or_removed_are_seen_by_the_next_query() {
+    /// The quickstart copied to a folder of its own (its files may change), with `extra`
+    /// added to its configuration.
+    async fn quickstart_copy(name: &str, extra: &str) -> (Lake, PathBuf) {
         let quickstart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart");
         crate::demo::ensure(&quickstart.join("data")).expect("demo data");
-        let dir = std::env::temp_dir().join(format!("lakegate-files-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("lakegate-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         copy_folder(&quickstart, &dir);
-        let config = Config::load(&dir.join("lakegate.yaml")).expect("config");
+        let config_file = dir.join("lakegate.yaml");
+        let text = std::fs::read_to_string(&config_file).expect("config");
+        std::fs::write(&config_file, format!("{text}\n{extra}\n")).expect("config written");
+        let config = Config::load(&config_file).expect("config");
         let (catalog, _) = crate::load_catalog(&config, None).await.expect("catalog");
         let policy = crate::load_policy(&config.policy).expect("policy");
         let lake = Lake::new(Arc::new(config), catalog, policy, None).expect("lake");
+        (lake, dir)
+    }
+
+    /// carol's count of hcp rows after adding a copy of the table's file, and after removing
+    /// it again, in one session.
+    async fn counts_as_files_change(lake: &Lake, dir: &Path) -> (String, String, String) {
         let carol = lake.identity_of("carol").expect("carol");
         let session = lake.session(carol, None).await.expect("session");
         let count = "SELECT count(*) AS n FROM gtm.hcp";
-        assert!(one_value(&session, count).await.contains("| 2000 |"));
+        let before = one_value(&session, count).await;
         let folder = dir.join("data/gtm/hcp");
         std::fs::copy(folder.join("part-0.parquet"), folder.join("part-1.parquet")).expect("add");
         let after_add = one_value(&session, count).await;
         std::fs::remove_file(folder.join("part-1.parquet")).expect("remove");
         let after_remove = one_value(&session, count).await;
+        (before, after_add, after_remove)
+    }
+
+    /// Files land in a table's folder (or S3 prefix) while users query it: the next query
+    /// of the same session reads them, and does not look for files that are gone.
+    #[tokio::test]
+    async fn files_added_or_removed_are_seen_by_the_next_query() {
+        let (lake, dir) = quickstart_copy("files", "").await;
+        let (before, after_add, after_remove) = counts_as_files_change(&lake, &dir).await;
         let _ = std::fs::remove_dir_all(&dir);
+        assert!(before.contains("| 2000 |"), "{before}");
         assert!(after_add.contains("| 4000 |"), "{after_add}");
         assert!(after_remove.contains("| 2000 |"), "{after_remove}");
+    }
+
+    /// `file_listing_seconds` trades that for speed: within it, a listing is used again.
+    #[tokio::test]
+    async fn a_kept_listing_is_used_for_file_listing_seconds() {
+        let (lake, dir) = quickstart_copy("listing", "file_listing_seconds: 3600").await;
+        let (before, after_add, _) = counts_as_files_change(&lake, &dir).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(before.contains("| 2000 |"), "{before}");
+        assert!(
+            after_add.contains("| 2000 |"),
+            "the listing was kept: {after_add}"
+        );
     }
 }

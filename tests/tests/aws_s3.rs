@@ -447,3 +447,27 @@ async fn partition_predicates_read_only_their_partitions() {
         rows(&expected, &probing).await.expect("local")
     );
 }
+
+/// Files land in S3 while users query: the next query of the same connection reads them,
+/// and no longer looks for files that were removed.
+#[tokio::test]
+async fn files_landing_in_s3_are_read_by_the_next_query() {
+    let moto = Moto::start();
+    let gateway = start(&moto, usual_roles(), "");
+    let alice = gateway.connect("alice").await;
+    let count = "SELECT count(*) FROM gtm.hcp";
+    let before = rows(&alice, count).await.expect("count");
+    let n: u64 = before[0].parse().expect("a count");
+    assert!(n > 0, "alice sees EU hcps");
+    moto.boto3(
+        "s3 = client('s3')\n\
+         s3.copy_object(Bucket='lake-gtm', Key='gtm/hcp/part-1.parquet', \
+         CopySource={'Bucket': 'lake-gtm', 'Key': 'gtm/hcp/part-0.parquet'})\n",
+    );
+    assert_eq!(
+        rows(&alice, count).await.expect("count with the new file"),
+        [(2 * n).to_string()]
+    );
+    moto.boto3("client('s3').delete_object(Bucket='lake-gtm', Key='gtm/hcp/part-1.parquet')\n");
+    assert_eq!(rows(&alice, count).await.expect("count without it"), before);
+}
