@@ -219,7 +219,7 @@ impl LocalCatalog {
             self.base_dir.join(path)
         };
         // Canonical when it exists, so listing URLs are stable; the raw join otherwise (the
-        // scan then fails with a clear "not found" that names no one else's data).
+        // scan then lists no files: an empty table, as Athena reads an empty prefix).
         joined.canonicalize().unwrap_or(joined)
     }
 }
