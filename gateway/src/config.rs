@@ -70,8 +70,8 @@ pub struct Config {
     #[serde(default = "default_plan_cache_entries")]
     pub plan_cache_entries: u64,
     /// How long a table's file listing is used again before its location is listed anew
-    /// (see README, "Tables from the Glue Data Catalog"). 0, the default, lists on every query: files added or removed
-    /// are seen at once.
+    /// (see README, "Tables from the Glue Data Catalog"). 0, the default, lists on every
+    /// query: files added or removed are seen at once.
     #[serde(default)]
     pub file_listing_seconds: u64,
 }

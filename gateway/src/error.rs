@@ -110,7 +110,10 @@ impl From<QueryError> for PgWireError {
             QueryError::Refused { hint, .. } => hint.as_str(),
             QueryError::Aws(aws) => aws.hint(),
             QueryError::Athena(athena) => athena.hint(),
-            QueryError::Unreadable => "Run the query again; the gateway's log names the file.",
+            QueryError::Unreadable => {
+                "Run the query again; if it fails again, tell the table's owner or the \
+                 gateway's operator (its log names the file)."
+            }
             _ => "",
         };
         if !hint.is_empty() {
