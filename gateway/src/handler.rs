@@ -369,19 +369,20 @@ where
         .get::<Arc<ConnectionHandle>>()
         .filter(|_| claim_cancel)
         .map(|h| (*h).clone());
-    let state = session.planning_state();
-    let (optimized, keep) = plan.optimize(&state).map_err(df_err)?;
+    let state = session.planning_state(matches!(plan, Planned::Cached { .. }));
+    let state = state.as_ref();
+    let (optimized, keep) = plan.optimize(state).map_err(df_err)?;
     let schema = column_names::postgres_schema(statement, optimized.schema().as_arrow());
     let fields = Arc::new(pgwire_fields(&schema, format, client)?);
     let physical = state
         .query_planner()
-        .create_physical_plan(&optimized, &state)
+        .create_physical_plan(&optimized, state)
         .await
         .map_err(df_err)?;
     if let (Some(keep), Some(cache)) = (keep, session.plans()) {
         cache.keep(keep, statement);
     }
-    let batches = datafusion::physical_plan::execute_stream(physical, session.task_context(&state))
+    let batches = datafusion::physical_plan::execute_stream(physical, session.task_context(state))
         .map_err(df_err)?;
     let peer = client
         .session_extensions()
@@ -1117,17 +1118,18 @@ mod tests {
     /// How many rows `planned` (made from `sql`) returns for `session`'s user; kept as
     /// `execute_batches` keeps it.
     async fn run(session: &UserSession, planned: Planned, sql: &str) -> usize {
-        let state = session.planning_state();
-        let (plan, keep) = planned.optimize(&state).expect("optimizes");
+        let state = session.planning_state(matches!(planned, Planned::Cached { .. }));
+        let state = state.as_ref();
+        let (plan, keep) = planned.optimize(state).expect("optimizes");
         if let (Some(keep), Some(plans)) = (keep, session.plans()) {
             plans.keep(keep, &parse(sql));
         }
         let physical = state
             .query_planner()
-            .create_physical_plan(&plan, &state)
+            .create_physical_plan(&plan, state)
             .await
             .expect("plans physically");
-        datafusion::physical_plan::collect(physical, session.task_context(&state))
+        datafusion::physical_plan::collect(physical, session.task_context(state))
             .await
             .expect("runs")
             .iter()
