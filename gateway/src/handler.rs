@@ -1100,16 +1100,8 @@ where
 
 #[cfg(test)]
 mod tests {
-    use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
-    use datafusion::sql::sqlparser::parser::Parser;
-
     use super::*;
-
-    fn parse(sql: &str) -> Statement {
-        Parser::parse_sql(&PostgreSqlDialect {}, sql)
-            .expect("parses")
-            .remove(0)
-    }
+    use crate::literal_params::tests::parse;
 
     fn taken_out(sql: &str) -> Parameterized {
         literal_params::parameterize(&parse(sql)).expect("values taken out")

@@ -213,12 +213,13 @@ fn take(expr: &mut Expr, values: &mut Vec<ScalarValue>) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
     use datafusion::sql::sqlparser::parser::Parser;
 
-    fn parse(sql: &str) -> Statement {
+    /// One statement of PostgreSQL's dialect (also for the handler's tests).
+    pub(crate) fn parse(sql: &str) -> Statement {
         Parser::parse_sql(&PostgreSqlDialect {}, sql)
             .expect("parses")
             .remove(0)
