@@ -65,10 +65,11 @@ pub struct Config {
     /// get personal access tokens (needs `access_tokens`). Default: none.
     #[serde(default)]
     pub sso: Option<SsoConfig>,
-    /// How many query plans each user's cache keeps, so a query sent again is not planned
-    /// again (see README, "Plan cache"). 0 turns the cache off. Default 256.
-    #[serde(default = "default_plan_cache_entries")]
-    pub plan_cache_entries: u64,
+    /// Memory for kept query plans, all users together, in megabytes (estimated), so a query
+    /// sent again is not planned again (see README, "Repeated queries"). 0 turns the cache
+    /// off. Default 256.
+    #[serde(default = "default_plan_cache_megabytes")]
+    pub plan_cache_megabytes: u64,
     /// How long a table's file listing is used again before its location is listed anew
     /// (see README, "Tables from the Glue Data Catalog"). 0, the default, lists on every
     /// query: files added or removed are seen at once.
@@ -434,8 +435,8 @@ pub struct UserConfig {
 fn default_listen() -> String {
     format!("127.0.0.1:{DEFAULT_PORT}")
 }
-fn default_plan_cache_entries() -> u64 {
-    crate::plan_cache::DEFAULT_ENTRIES
+fn default_plan_cache_megabytes() -> u64 {
+    crate::plan_cache::DEFAULT_MEGABYTES
 }
 fn default_database() -> String {
     "lake".to_string()

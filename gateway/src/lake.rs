@@ -35,7 +35,7 @@ use crate::config::{Config, Engine};
 use crate::error::StartupError;
 use crate::notices::Notices;
 use crate::pg_compat;
-use crate::plan_cache::PlanCache;
+use crate::plan_cache::{PlanCache, Plans};
 use crate::route::{PlanTables, Route, Router};
 
 /// Shared state every session is built from. The tables can be replaced while serving (a Glue
@@ -55,6 +55,8 @@ pub struct Lake {
     /// Bumped when the tables are replaced: sessions built before are not handed out again.
     generation: AtomicU64,
     sessions: Sessions,
+    /// Every user catalog's kept plans, in one memory budget.
+    plans: Plans,
 }
 
 /// The catalog and the raw DataFusion table of each catalog table.
@@ -300,6 +302,7 @@ impl Lake {
                 "routes send queries to athena, but the configuration has no athena section".into(),
             ));
         }
+        let plans = Plans::new(config.plan_cache_megabytes);
         Ok(Lake {
             config,
             policy,
@@ -309,6 +312,7 @@ impl Lake {
             athena,
             tables: RwLock::new(Arc::new(tables)),
             generation: AtomicU64::new(0),
+            plans,
             sessions: Sessions(
                 moka::future::Cache::builder()
                     .max_capacity(SESSIONS_CACHED)
@@ -590,7 +594,7 @@ impl Lake {
             problems,
             hidden_views,
             granted: visible.tables.len(),
-            plans: PlanCache::new(self.config.plan_cache_entries),
+            plans: self.plans.for_catalog(),
             task: OnceLock::new(),
             planning: OnceLock::new(),
             reports_progress: self.athena.is_some(),

@@ -3,9 +3,17 @@
 // mimalloc, as DataFusion's own CLI: DataFusion allocates many small, short-lived objects per
 // statement (plans, expressions, schemas), and glibc's malloc was a fifth of a short query's
 // time. BENCHMARKS.md has the measurements.
+#[cfg(not(test))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+// Tests measure what structures hold (the plan cache's weights) with a counting wrapper of it.
+#[cfg(test)]
+#[global_allocator]
+static GLOBAL: alloc_count::Counting = alloc_count::Counting;
+
+#[cfg(test)]
+mod alloc_count;
 mod athena;
 mod auth;
 mod aws;

@@ -1,7 +1,8 @@
-//! Plans of repeated queries, kept per user: dashboards and BI tools send the same text again
-//! and again, and analyzing (policy first) and optimizing it is most of what a short query
-//! costs. A cached plan is the optimized logical plan, policy already on it; each run still
-//! plans it physically, so files are listed and credentials fetched as on a first run.
+//! Plans of repeated queries, kept per user catalog: dashboards and BI tools send the same
+//! text again and again, and analyzing (policy first) and optimizing it is most of what a
+//! short query costs. A cached plan is the optimized logical plan, policy already on it; each
+//! run still plans it physically, so files are listed and credentials fetched as on a first
+//! run. All users' plans share one memory budget (`Plans`).
 //!
 //! A plan is only reused where it cannot differ from a fresh one:
 //! - per user catalog (identity, login token, catalog generation), so per policy and tables;
@@ -13,7 +14,9 @@
 //! A prepared statement's parameters are bound into its optimized plan at each run: one
 //! generic plan serves every value, as PostgreSQL's generic plans do. Values written into a
 //! query's text are bound the same way where `literal_params` can take them out of it.
+use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use datafusion::common::metadata::ScalarAndMetadata;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
@@ -22,8 +25,8 @@ use datafusion::execution::SessionState;
 use datafusion::logical_expr::{Expr, LogicalPlan, Volatility};
 use datafusion::sql::sqlparser::ast::Statement;
 
-/// Entries a user's cache holds by default (`plan_cache_entries` in the configuration).
-pub const DEFAULT_ENTRIES: u64 = 256;
+/// The budget of all users' plans by default (`plan_cache_megabytes` in the configuration).
+pub const DEFAULT_MEGABYTES: u64 = 256;
 
 /// Which text a plan was made from: a simple query's text as the client sent it, the text
 /// of a statement prepared by the extended protocol (as parsed and printed again), or a query's
@@ -154,29 +157,146 @@ pub fn bind(plan: &LogicalPlan, params: &ParamValues) -> Result<LogicalPlan> {
     plan.clone().replace_params_with_values(&params)
 }
 
-/// One user's cache. Empty, and never filled, when `entries` is 0.
-pub struct PlanCache(Option<moka::sync::Cache<QueryText, CachedQuery>>);
+/// Every user's kept plans in one budget of estimated bytes, so the memory plans take is
+/// bounded however many users are active (per-user caches of a fixed number of entries were
+/// not: ~66 KB per plan of a BI join, times up to 1,000 user catalogs). Least-used plans go
+/// first; a text sent once rarely pushes out one sent often (moka's TinyLFU admission).
+#[derive(Clone)]
+pub struct Plans(Option<moka::sync::Cache<Key, CachedQuery>>);
 
-impl PlanCache {
-    pub fn new(entries: u64) -> Self {
-        PlanCache((entries > 0).then(|| moka::sync::Cache::new(entries)))
+impl std::fmt::Debug for Plans {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(cache) => write!(f, "Plans({} kept)", cache.entry_count()),
+            None => write!(f, "Plans(off)"),
+        }
+    }
+}
+
+/// A plan is kept for one user catalog (`PlanCache::owner`) and one text.
+type Key = (u64, QueryText);
+
+/// Owners are never reused: a new catalog (after a reload or a new login token) never meets
+/// the plans of one before it.
+static OWNERS: AtomicU64 = AtomicU64::new(1);
+
+impl Plans {
+    /// `megabytes`: the budget, in estimated bytes of plans; 0 keeps no plan.
+    pub fn new(megabytes: u64) -> Self {
+        Plans((megabytes > 0).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(megabytes.saturating_mul(1 << 20))
+                .weigher(|(_, text): &Key, query: &CachedQuery| {
+                    u32::try_from(weight(text, query)).unwrap_or(u32::MAX)
+                })
+                .support_invalidation_closures()
+                .build()
+        }))
     }
 
+    /// The cache of one user catalog, within this budget.
+    pub fn for_catalog(&self) -> PlanCache {
+        PlanCache {
+            plans: self.0.clone(),
+            owner: OWNERS.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// Estimated bytes of every plan kept (after pending evictions).
+    #[cfg(test)]
+    pub fn weighted_size(&self) -> u64 {
+        self.0.as_ref().map_or(0, |cache| {
+            cache.run_pending_tasks();
+            cache.weighted_size()
+        })
+    }
+}
+
+/// One user catalog's plans. Empty, and never filled, when the budget is 0.
+pub struct PlanCache {
+    plans: Option<moka::sync::Cache<Key, CachedQuery>>,
+    owner: u64,
+}
+
+impl PlanCache {
     pub fn get(&self, text: &QueryText) -> Option<CachedQuery> {
-        self.0.as_ref()?.get(text)
+        self.plans.as_ref()?.get(&(self.owner, text.clone()))
     }
 
     /// Keeps what a query planned to, for `statement`'s next runs.
     pub fn keep(&self, keep: Keep, statement: &Statement) {
-        if let Some(cache) = &self.0 {
+        if let Some(cache) = &self.plans {
             let query = CachedQuery {
                 statement: Arc::new(statement.clone()),
                 logical: Arc::new(keep.logical),
                 plan: keep.plan,
             };
-            cache.insert(keep.text, query);
+            cache.insert((self.owner, keep.text), query);
         }
     }
+}
+
+/// A catalog's plans go with it: nothing could find them again, and they hold its tables.
+impl Drop for PlanCache {
+    fn drop(&mut self) {
+        if let Some(cache) = &self.plans {
+            let owner = self.owner;
+            let _ = cache.invalidate_entries_if(move |(of, _), _| *of == owner);
+        }
+    }
+}
+
+/// Estimated bytes a kept query holds: its key's text, its parsed statement, and its two plans
+/// (nodes, the schemas they hold, and their expressions). DataFusion cannot tell a plan's size;
+/// the constants were calibrated against allocations measured while planning
+/// (`tests::weights_cover_what_plans_hold`) and err on the high side.
+fn weight(text: &QueryText, query: &CachedQuery) -> usize {
+    let text = match text {
+        QueryText::Simple(text) | QueryText::Prepared(text) | QueryText::Literals(text) => text,
+    };
+    text.len()
+        + STATEMENT_BYTES
+        + text.len() * STATEMENT_BYTES_PER_CHAR
+        + plan_bytes(&query.logical)
+        + plan_bytes(&query.plan)
+}
+
+// sqlparser's statements are large structs: `SELECT 1` parses to 10 KB.
+const STATEMENT_BYTES: usize = 16 << 10;
+const STATEMENT_BYTES_PER_CHAR: usize = 144;
+const NODE_BYTES: usize = 512;
+const FIELD_BYTES: usize = 192;
+const EXPR_BYTES: usize = 160;
+
+fn plan_bytes(plan: &LogicalPlan) -> usize {
+    let mut schemas = HashSet::new();
+    let mut bytes = 0;
+    let _ = plan.apply_with_subqueries(|node| {
+        bytes += NODE_BYTES;
+        let schema = node.schema();
+        // Nodes that pass their input's columns through share its schema.
+        if schemas.insert(Arc::as_ptr(schema)) {
+            bytes += schema
+                .iter()
+                .map(|(qualifier, field)| {
+                    FIELD_BYTES + field.name().len() + qualifier.map_or(0, |q| q.table().len())
+                })
+                .sum::<usize>();
+        }
+        node.apply_expressions(|expr| {
+            expr.apply(|e| {
+                bytes += EXPR_BYTES
+                    + match e {
+                        Expr::Column(column) => column.name.len(),
+                        Expr::Alias(alias) => alias.name.len(),
+                        Expr::Literal(value, _) => value.size(),
+                        _ => 0,
+                    };
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })
+    });
+    bytes
 }
 
 /// Analyzes (policy first) and optimizes `plan` as `SessionState::optimize` does, and says
@@ -243,8 +363,11 @@ fn stop_unless(go_on: bool) -> TreeNodeRecursion {
 #[cfg(test)]
 mod tests {
     use datafusion::prelude::SessionContext;
+    use datafusion::sql::parser::Statement as DfStatement;
 
     use super::*;
+    use crate::alloc_count::live_bytes;
+    use crate::lake::UserSession;
 
     async fn analyzed_reusable(sql: &str) -> bool {
         let ctx = SessionContext::new();
@@ -281,5 +404,127 @@ mod tests {
         ] {
             assert!(!analyzed_reusable(sql).await, "{sql} is not reusable");
         }
+    }
+
+    /// What keeping `sql` as `session` planned it holds (measured: bytes allocated while
+    /// parsing and planning it and not freed while it is kept), and the weight given to it.
+    async fn held_and_weight(session: &UserSession, sql: &str) -> (usize, usize) {
+        let state = session.context().state();
+        let before = live_bytes();
+        let text = QueryText::Simple(sql.to_string());
+        let statement = crate::literal_params::tests::parse(sql);
+        let logical = state
+            .statement_to_plan(DfStatement::Statement(Box::new(statement.clone())))
+            .await
+            .expect("plans");
+        let (optimized, _) = optimize(&state, &logical).expect("optimizes");
+        let query = CachedQuery {
+            statement: Arc::new(statement),
+            logical: Arc::new(logical),
+            plan: Arc::new(optimized),
+        };
+        let held = usize::try_from(live_bytes() - before).unwrap_or(0);
+        (held, weight(&text, &query))
+    }
+
+    /// A generated text: long IN lists, as BI tools send a filter's selected values.
+    fn long_lists() -> String {
+        let ids: Vec<String> = (1..=300).map(|i| i.to_string()).collect();
+        let countries: Vec<String> = (0..60).map(|i| format!("'C{i}'")).collect();
+        format!(
+            "SELECT hcp_id, full_name, specialty FROM gtm.hcp WHERE hcp_id IN ({}) AND country IN ({})",
+            ids.join(", "),
+            countries.join(",")
+        )
+    }
+
+    #[tokio::test]
+    async fn weights_cover_what_plans_hold() {
+        let (lake, _) = crate::lake::tests::quickstart().await;
+        for user in ["carol", "alice"] {
+            let session = lake
+                .session(lake.identity_of(user).expect("user"), None)
+                .await
+                .expect("session");
+            for sql in [
+                "SELECT 1",
+                "SELECT * FROM gtm.hcp WHERE hcp_id = 17",
+                "SELECT h.country, h.specialty, s.product, count(*) AS n, sum(s.units) AS units, \
+                 avg(s.amount) AS amount FROM gtm.sales s JOIN gtm.hcp h ON s.hcp_id = h.hcp_id \
+                 WHERE s.units > 0 AND h.country IN ('DE', 'FR', 'US') \
+                 GROUP BY 1, 2, 3 ORDER BY 4 DESC LIMIT 10",
+                "WITH top AS (SELECT hcp_id, sum(amount) AS net FROM gtm.sales GROUP BY hcp_id \
+                 ORDER BY net DESC LIMIT 20) SELECT h.full_name, h.email, h.country, t.net, \
+                 CASE WHEN t.net > 1000 THEN 'high' ELSE 'low' END AS band FROM top t \
+                 JOIN gtm.hcp h USING (hcp_id) WHERE h.specialty <> 'x' AND EXISTS \
+                 (SELECT 1 FROM gtm.sales s WHERE s.hcp_id = h.hcp_id AND s.units > 3)",
+            ]
+            .into_iter()
+            .map(str::to_string)
+            .chain([long_lists()])
+            {
+                let sql = sql.as_str();
+                // the first planning fills what is kept for every query (functions, statistics)
+                held_and_weight(&session, sql).await;
+                let (held, weight) = held_and_weight(&session, sql).await;
+                assert!(
+                    held <= weight && weight <= 2 * held,
+                    "{user}: {sql} holds {held} bytes, weighed {weight}"
+                );
+            }
+        }
+    }
+
+    /// What the handler keeps of `sql` after planning it in `state`.
+    async fn planned(state: &SessionState, sql: &str) -> (Keep, Statement) {
+        let statement = crate::literal_params::tests::parse(sql);
+        let logical = state
+            .statement_to_plan(DfStatement::Statement(Box::new(statement.clone())))
+            .await
+            .expect("plans");
+        let (optimized, _) = optimize(state, &logical).expect("optimizes");
+        let keep = Keep {
+            text: QueryText::Simple(sql.to_string()),
+            logical,
+            plan: Arc::new(optimized),
+        };
+        (keep, statement)
+    }
+
+    #[tokio::test]
+    async fn all_users_plans_stay_within_one_budget() {
+        let state = SessionContext::new().state();
+        let plans = Plans::new(1);
+        let (ann, bob) = (plans.for_catalog(), plans.for_catalog());
+        let text = |i: usize| format!("SELECT {i} AS n, 'x' || {i} AS s");
+        let (keep, statement) = planned(&state, &text(0)).await;
+        ann.keep(keep, &statement);
+        let key = QueryText::Simple(text(0));
+        assert!(ann.get(&key).is_some());
+        assert!(
+            bob.get(&key).is_none(),
+            "a catalog never meets another's plans"
+        );
+        // 2 x 200 plans of ~20 KB each: far more than 1 MB
+        for i in 1..=200 {
+            for catalog in [&ann, &bob] {
+                let (keep, statement) = planned(&state, &text(i)).await;
+                catalog.keep(keep, &statement);
+            }
+        }
+        let kept = plans.weighted_size();
+        assert!(kept <= 1 << 20, "{kept} bytes kept within 1 MB");
+        assert!(kept >= 1 << 19, "the budget is used: {kept} bytes");
+        // a catalog's plans go with it
+        drop(ann);
+        assert!(plans.weighted_size() > 0);
+        let owners: HashSet<u64> = plans
+            .0
+            .as_ref()
+            .expect("a budget")
+            .iter()
+            .map(|(key, _)| key.0)
+            .collect();
+        assert_eq!(owners, HashSet::from([bob.owner]));
     }
 }
