@@ -4,7 +4,8 @@
 //! user sees, and it cannot be scanned. The `EnforcePolicy` analyzer rule, which runs before
 //! any other rule on every plan a session builds (simple and extended protocol, cursors,
 //! EXPLAIN, catalog queries), replaces each scan of a `PolicyView` with
-//! `SubqueryAlias(PolicyBarrier(Projection(masks) ← Filter(row filter) ← TableScan(raw)))`.
+//! `SubqueryAlias(PolicyBarrier(Projection(masks) ← Filter(row filter) ← TableScan(raw)))`,
+//! the projection narrowed to the columns the query names (`PolicyView::narrowed`).
 //!
 //! The barrier keeps user predicates above the row filter: DataFusion's logical optimizer does
 //! not push filters into an extension node whose columns it prevents, and the physical
@@ -21,7 +22,7 @@ use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::config::ConfigOptions;
-use datafusion::common::tree_node::{Transformed, TreeNodeRecursion};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{DFSchemaRef, DataFusionError, Result, plan_err};
 use datafusion::datasource::TableType;
 use datafusion::datasource::listing::ListingTable;
@@ -29,7 +30,7 @@ use datafusion::datasource::source_as_provider;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::{
-    Expr, Extension, LogicalPlan, SubqueryAlias, TableProviderFilterPushDown,
+    Expr, Extension, LogicalPlan, Projection, SubqueryAlias, TableProviderFilterPushDown,
     UserDefinedLogicalNode, UserDefinedLogicalNodeCore,
 };
 use datafusion::optimizer::AnalyzerRule;
@@ -74,6 +75,54 @@ impl PolicyView {
     pub fn rule(&self) -> &str {
         &self.rule
     }
+
+    /// The enforced plan, projecting only the columns named in `used` (at least one: a
+    /// `count(*)` names none; all of them when `used` is None). A query names a few columns of
+    /// a wide table; computing and carrying every masked column until DataFusion's optimizer
+    /// drops them was most of what policy added to planning. The row filter beneath is
+    /// untouched.
+    fn narrowed(&self, used: &Option<HashSet<String>>) -> Result<LogicalPlan> {
+        let (LogicalPlan::Projection(projection), Some(used)) = (&self.enforced, used) else {
+            return Ok(self.enforced.clone());
+        };
+        let named = |i: &usize| used.contains(projection.schema.field(*i).name());
+        let mut kept: Vec<usize> = (0..projection.expr.len()).filter(named).collect();
+        if kept.len() == projection.expr.len() {
+            return Ok(self.enforced.clone());
+        }
+        if kept.is_empty() {
+            kept.push(0);
+        }
+        let exprs = kept.iter().map(|i| projection.expr[*i].clone()).collect();
+        Ok(LogicalPlan::Projection(Projection::try_new(
+            exprs,
+            projection.input.clone(),
+        )?))
+    }
+}
+
+/// Every column name `plan` refers to, whatever its qualifier (a table's alias, a subquery's),
+/// inside subqueries and as outer references too: more than a scan needs when names repeat
+/// across tables, never less. None (every column) where a wildcard is left unexpanded, which
+/// DataFusion's SQL planner no longer does.
+fn column_names(plan: &LogicalPlan) -> Option<HashSet<String>> {
+    let mut names = Some(HashSet::new());
+    let _ = plan.apply_with_subqueries(|node| {
+        node.apply_expressions(|expr| {
+            expr.apply(|e| {
+                #[allow(deprecated)]
+                match (e, &mut names) {
+                    (Expr::Wildcard { .. }, _) => names = None,
+                    (Expr::Column(column) | Expr::OuterReferenceColumn(_, column), Some(names)) => {
+                        names.insert(column.name.clone());
+                    }
+                    _ => {}
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })
+    });
+    names
 }
 
 #[async_trait]
@@ -220,7 +269,8 @@ impl AnalyzerRule for EnforcePolicy {
     }
 
     fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> Result<LogicalPlan> {
-        enforce(plan, None)
+        let used = column_names(&plan);
+        enforce(plan, None, &used)
     }
 }
 
@@ -231,7 +281,11 @@ impl AnalyzerRule for EnforcePolicy {
 ///
 /// Views are inlined here rather than by DataFusion's `InlineTableScan`, which runs after this
 /// rule and would expose a view body's scans unrewritten.
-fn enforce(plan: LogicalPlan, own_raw: Option<&Arc<dyn TableProvider>>) -> Result<LogicalPlan> {
+fn enforce(
+    plan: LogicalPlan,
+    own_raw: Option<&Arc<dyn TableProvider>>,
+    used: &Option<HashSet<String>>,
+) -> Result<LogicalPlan> {
     plan.transform_down_with_subqueries(|node| {
         if let LogicalPlan::Extension(ext) = &node
             && ext.node.as_any().is::<PolicyBarrier>()
@@ -244,7 +298,9 @@ fn enforce(plan: LogicalPlan, own_raw: Option<&Arc<dyn TableProvider>>) -> Resul
         let provider = source_as_provider(&scan.source)?;
         // A view (even a policy view's own input) is inlined and rewritten first.
         if let Some(body) = scan.source.get_logical_plan() {
-            let body = enforce(body.into_owned(), None)?;
+            let body = body.into_owned();
+            let used = column_names(&body);
+            let body = enforce(body, None, &used)?;
             let aliased = SubqueryAlias::try_new(Arc::new(body), scan.table_name.clone())?;
             return Ok(Transformed::new(
                 LogicalPlan::SubqueryAlias(aliased),
@@ -263,10 +319,14 @@ fn enforce(plan: LogicalPlan, own_raw: Option<&Arc<dyn TableProvider>>) -> Resul
             )));
         }
         if let Some(view) = provider.downcast_ref::<PolicyView>() {
+            // What the narrowed plan names is what it needs from beneath (a view's body, which
+            // may be inlined in it already, and its scans).
+            let narrowed = view.narrowed(used)?;
+            let used = column_names(&narrowed);
             let barrier = LogicalPlan::Extension(Extension {
                 node: Arc::new(PolicyBarrier {
                     table: view.table.clone(),
-                    input: enforce(view.enforced.clone(), Some(&view.raw))?,
+                    input: enforce(narrowed, Some(&view.raw), &used)?,
                 }),
             });
             let aliased = SubqueryAlias::try_new(Arc::new(barrier), scan.table_name.clone())?;

@@ -278,3 +278,68 @@ rules:
     .expect_err("not a date");
     assert!(err.contains("date_to_year"), "{err}");
 }
+
+/// The columns each policy barrier of `sql`'s analyzed plan computes.
+async fn barrier_columns(ctx: &SessionContext, sql: &str) -> Vec<Vec<String>> {
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    use datafusion::logical_expr::LogicalPlan;
+    use lakegate_policy::PolicyBarrier;
+    let state = ctx.state();
+    let plan = state.create_logical_plan(sql).await.expect("plans");
+    let analyzed = state
+        .analyzer()
+        .execute_and_check(plan, state.config_options(), |_, _| {})
+        .expect("analyzes");
+    let mut barriers = Vec::new();
+    analyzed
+        .apply_with_subqueries(|node| {
+            if let LogicalPlan::Extension(ext) = node
+                && let Some(barrier) = ext.node.as_any().downcast_ref::<PolicyBarrier>()
+            {
+                let names = barrier.input().schema().fields().iter();
+                barriers.push(names.map(|f| f.name().clone()).collect());
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })
+        .expect("walks");
+    barriers
+}
+
+#[tokio::test]
+async fn a_query_computes_only_the_columns_it_names() {
+    let ann = session_for("ann").await;
+    let cases: [(&str, &[&[&str]]); 6] = [
+        ("SELECT id FROM docs", &[&["id"]]),
+        ("SELECT * FROM docs", &[&["id", "owner", "secret"]]),
+        // a count names no column: one is kept, the row filter still runs beneath
+        ("SELECT count(*) FROM docs", &[&["id"]]),
+        (
+            "SELECT d.id FROM docs d WHERE EXISTS (SELECT 1 FROM docs e WHERE e.id = d.id AND d.secret <> 'x')",
+            &[&["id", "secret"], &["id", "secret"]],
+        ),
+        (
+            "SELECT id FROM docs UNION ALL SELECT id FROM docs ORDER BY id",
+            &[&["id"], &["id"]],
+        ),
+        // a name a query uses anywhere is kept for every table (never fewer than needed)
+        (
+            "SELECT a.id FROM docs a JOIN docs b ON a.id = b.id WHERE b.owner = 'ann'",
+            &[&["id", "owner"], &["id", "owner"]],
+        ),
+    ];
+    for (sql, expected) in cases {
+        let mut got = barrier_columns(&ann, sql).await;
+        got.sort();
+        assert_eq!(got, expected, "{sql}");
+    }
+    // narrowed, the masks and the row filter are the same
+    let out = run(&ann, "SELECT secret FROM docs ORDER BY secret")
+        .await
+        .expect("query");
+    assert!(out.contains("S1-ann") && out.contains("S3-ann"), "{out}");
+    assert!(!out.contains("S2") && !out.contains("s1"), "{out}");
+    let out = run(&ann, "SELECT count(*) AS n FROM docs")
+        .await
+        .expect("query");
+    assert!(out.contains("| 2 "), "{out}");
+}
