@@ -411,20 +411,14 @@ mod tests {
     async fn held_and_weight(session: &UserSession, sql: &str) -> (usize, usize) {
         let state = session.context().state();
         let before = live_bytes();
-        let text = QueryText::Simple(sql.to_string());
-        let statement = crate::literal_params::tests::parse(sql);
-        let logical = state
-            .statement_to_plan(DfStatement::Statement(Box::new(statement.clone())))
-            .await
-            .expect("plans");
-        let (optimized, _) = optimize(&state, &logical).expect("optimizes");
+        let (keep, statement) = planned(&state, sql).await;
         let query = CachedQuery {
             statement: Arc::new(statement),
-            logical: Arc::new(logical),
-            plan: Arc::new(optimized),
+            logical: Arc::new(keep.logical),
+            plan: keep.plan,
         };
         let held = usize::try_from(live_bytes() - before).unwrap_or(0);
-        (held, weight(&text, &query))
+        (held, weight(&keep.text, &query))
     }
 
     /// A generated text: long IN lists, as BI tools send a filter's selected values.
