@@ -8,7 +8,7 @@ gateway; drives each with the same pgbench scripts and psql, and prints medians 
 usage: python3 bench/run.py [--smoke] [--gateway PATH] [--datafusion-postgres PATH] [--out FILE]
   --smoke    tiny durations, connection counts and scale factor: checks the harness works (CI)
   --gateway  the lakegate binary (default: $CARGO_TARGET_DIR/release/lakegate); tpch-direct
-             (bench/direct) is taken from the same folder
+             and stream-rows (bench/direct) are taken from the same folder
   --datafusion-postgres  datafusion-postgres-cli (default: on PATH or ~/.cargo/bin); a full run
              installs it with `cargo install` when missing (a release build of DataFusion, 30-60
              minutes on 2 cores); --smoke runs without it when it is not installed
@@ -407,6 +407,31 @@ class Bench:
         select = ["-A", "-t", "-c", f"SELECT * FROM generate_series(1, {rows})"]
         row = {system: measure(system, url, select) for system, url in self.systems() if system != "pgbouncer"}
         self.results.append(("stream", f"SELECT * FROM generate_series(1, {rows:,}) via psql (text rows)", row))
+        # The same rows to a binary-format client that counts them without decoding values
+        # (`bench/direct/src/stream_rows.rs`): what the server sends, with psql's formatting
+        # and memory out of the way.
+        client = Path(self.args.gateway).parent / "stream-rows"
+        if not client.exists():
+            raise SystemExit(f"{client} missing: cargo build [--release] -p lakegate-bench-direct")
+
+        def binary(system, url):
+            def once():
+                self.reset_peak_rss(pids.get(system))
+                out = subprocess.run([str(client), url, f"SELECT * FROM generate_series(1, {rows})"],
+                                     capture_output=True, text=True)
+                if out.returncode != 0:
+                    raise SystemExit(f"stream-rows failed on {system}: {out.stderr}")
+                got, seconds = out.stdout.split()
+                if int(got) != rows:
+                    raise SystemExit(f"stream-rows got {got} rows from {system}, expected {rows}")
+                result = {"rows_per_s": rows / float(seconds), "seconds": float(seconds)}
+                if pids.get(system):
+                    result["peak_rss_mb"] = self.peak_rss_mb(pids[system])
+                return result
+            return self.repeat(once, runs)
+
+        row = {system: binary(system, url) for system, url in self.systems() if system != "pgbouncer"}
+        self.results.append(("stream", f"SELECT * FROM generate_series(1, {rows:,}), binary rows (tokio-postgres, extended protocol)", row))
 
     def bench_tpch(self):
         """TPC-H-like queries as carol through the gateway (row filter on lineitem, phone numbers
