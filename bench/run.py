@@ -417,7 +417,7 @@ class Bench:
         def binary(system, url):
             def once():
                 self.reset_peak_rss(pids.get(system))
-                out = subprocess.run([str(client), url, f"SELECT * FROM generate_series(1, {rows})"],
+                out = subprocess.run([str(client), str(self.cert), url, f"SELECT * FROM generate_series(1, {rows})"],
                                      capture_output=True, text=True)
                 if out.returncode != 0:
                     raise SystemExit(f"stream-rows failed on {system}: {out.stderr}")

@@ -3,11 +3,11 @@
 //! decoding their values, so the measurement is the server's, not psql's (which formats every
 //! value and keeps the whole result in memory).
 //!
-//! usage: stream-rows CONNECTION_STRING QUERY
+//! usage: stream-rows CERT_PEM CONNECTION_STRING QUERY
 //! prints: `<rows> <seconds>`
 //!
-//! Benchmark peers on 127.0.0.1 present the harness's self-signed certificate; this client
-//! encrypts as `sslmode=require` does and does not verify it.
+//! Every benchmark peer presents the harness's one self-signed certificate (`CERT_PEM`): the
+//! client accepts that certificate and no other, as the e2e tests' client does.
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,23 +20,31 @@ use tokio_rustls::rustls::client::danger::{
 use tokio_rustls::rustls::crypto::{
     CryptoProvider, ring, verify_tls12_signature, verify_tls13_signature,
 };
+use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio_rustls::rustls::{ClientConfig, DigitallySignedStruct, Error, SignatureScheme};
 
-/// `sslmode=require`: encrypted, the certificate not checked (signatures still are).
+/// Accepts exactly the harness's certificate, with real signature checks.
 #[derive(Debug)]
-struct Unverified(Arc<CryptoProvider>);
+struct Pinned {
+    cert: CertificateDer<'static>,
+    provider: Arc<CryptoProvider>,
+}
 
-impl ServerCertVerifier for Unverified {
+impl ServerCertVerifier for Pinned {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
+        end_entity: &CertificateDer<'_>,
         _intermediates: &[CertificateDer<'_>],
         _server_name: &ServerName<'_>,
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        Ok(ServerCertVerified::assertion())
+        if end_entity.as_ref() == self.cert.as_ref() {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(Error::General("not the benchmark's certificate".into()))
+        }
     }
 
     fn verify_tls12_signature(
@@ -49,7 +57,7 @@ impl ServerCertVerifier for Unverified {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
@@ -63,12 +71,14 @@ impl ServerCertVerifier for Unverified {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -80,13 +90,14 @@ fn said(e: tokio_postgres::Error) -> String {
     }
 }
 
-async fn stream(url: &str, query: &str) -> Result<(u64, f64), String> {
+async fn stream(cert: &str, url: &str, query: &str) -> Result<(u64, f64), String> {
+    let cert = CertificateDer::from_pem_file(cert).map_err(|e| format!("{cert}: {e}"))?;
     let provider = Arc::new(ring::default_provider());
     let tls = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Unverified(provider)))
+        .with_custom_certificate_verifier(Arc::new(Pinned { cert, provider }))
         .with_no_client_auth();
     let (client, connection) =
         tokio_postgres::connect(url, tokio_postgres_rustls::MakeRustlsConnect::new(tls))
@@ -109,8 +120,8 @@ async fn stream(url: &str, query: &str) -> Result<(u64, f64), String> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [url, query] = args.as_slice() else {
-        eprintln!("usage: stream-rows CONNECTION_STRING QUERY");
+    let [cert, url, query] = args.as_slice() else {
+        eprintln!("usage: stream-rows CERT_PEM CONNECTION_STRING QUERY");
         return ExitCode::from(2);
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -123,7 +134,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(stream(url, query)) {
+    match runtime.block_on(stream(cert, url, query)) {
         Ok((rows, seconds)) => {
             println!("{rows} {seconds:.3}");
             ExitCode::SUCCESS
