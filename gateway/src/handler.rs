@@ -294,10 +294,7 @@ async fn plan_literals(session: &UserSession, literals: &Parameterized) -> Optio
         && literals.fits(&cached.logical)
     {
         tracing::debug!("plan cache hit, values taken out");
-        return Some(Planned::Cached {
-            plan: cached.plan,
-            params: Some(literals.params()),
-        });
+        return Some(Planned::cached(cached, Some(literals.params())));
     }
     let plan = plan_statement(session, &literals.statement).await.ok()?;
     literals.fits(&plan).then(|| Planned::Fresh {
@@ -371,16 +368,20 @@ where
         .map(|h| (*h).clone());
     let state = session.planning_state(matches!(plan, Planned::Cached { .. }));
     let state = state.as_ref();
+    let kept = plan.physical();
     let (optimized, keep) = plan.optimize(state).map_err(df_err)?;
     let schema = column_names::postgres_schema(statement, optimized.schema().as_arrow());
     let fields = Arc::new(pgwire_fields(&schema, format, client)?);
-    let physical = state
-        .query_planner()
-        .create_physical_plan(&optimized, state)
-        .await
-        .map_err(df_err)?;
+    let physical = match kept {
+        Some(physical) => physical,
+        None => state
+            .query_planner()
+            .create_physical_plan(&optimized, state)
+            .await
+            .map_err(df_err)?,
+    };
     if let (Some(keep), Some(cache)) = (keep, session.plans()) {
-        cache.keep(keep, statement);
+        cache.keep(keep.with_physical(&physical), statement);
     }
     let batches = datafusion::physical_plan::execute_stream(physical, session.task_context(state))
         .map_err(df_err)?;
@@ -827,14 +828,12 @@ impl QueryHandler {
                 return result;
             }
         }
-        let plan = Planned::Cached {
-            plan: cached.plan,
-            params: None,
-        };
+        let statement = cached.statement.clone();
+        let plan = Planned::cached(cached, None);
         let response = execute(
             client,
             session,
-            &cached.statement,
+            &statement,
             plan,
             &Format::UnifiedText,
             true,
@@ -1048,10 +1047,7 @@ impl ExtendedQueryHandler for QueryHandler {
             None => None,
         };
         let plan = match (cached, with_literals) {
-            (Some(cached), _) => Planned::Cached {
-                plan: cached.plan,
-                params,
-            },
+            (Some(cached), _) => Planned::cached(cached, params),
             (None, Some(planned)) => planned,
             (None, None) => Planned::Fresh {
                 plan: plan.clone(),
@@ -1112,15 +1108,19 @@ mod tests {
     async fn run(session: &UserSession, planned: Planned, sql: &str) -> usize {
         let state = session.planning_state(matches!(planned, Planned::Cached { .. }));
         let state = state.as_ref();
+        let kept = planned.physical();
         let (plan, keep) = planned.optimize(state).expect("optimizes");
+        let physical = match kept {
+            Some(physical) => physical,
+            None => state
+                .query_planner()
+                .create_physical_plan(&plan, state)
+                .await
+                .expect("plans physically"),
+        };
         if let (Some(keep), Some(plans)) = (keep, session.plans()) {
-            plans.keep(keep, &parse(sql));
+            plans.keep(keep.with_physical(&physical), &parse(sql));
         }
-        let physical = state
-            .query_planner()
-            .create_physical_plan(&plan, state)
-            .await
-            .expect("plans physically");
         datafusion::physical_plan::collect(physical, session.task_context(state))
             .await
             .expect("runs")
@@ -1165,5 +1165,31 @@ mod tests {
                 .await
                 .is_none()
         );
+    }
+    /// A query of constants runs again on the physical plan its first run made, from many
+    /// connections at once, with the same answer each time.
+    #[tokio::test]
+    async fn a_plan_of_constants_runs_again_without_planning() {
+        let (lake, _) = crate::lake::tests::quickstart().await;
+        let carol = lake.identity_of("carol").expect("carol");
+        let session = lake.session(carol, None).await.expect("session");
+        let sql = "SELECT 1 AS n UNION ALL SELECT 2";
+        let text = QueryText::Simple(sql.to_string());
+        let first = Planned::Fresh {
+            plan: plan_statement(&session, &parse(sql)).await.expect("plans"),
+            text: Some(text.clone()),
+            params: None,
+        };
+        assert_eq!(run(&session, first, sql).await, 2);
+        let plans = session.plans().expect("a plan cache");
+        let kept = |()| Planned::cached(plans.get(&text).expect("kept"), None);
+        let (one, other) = (kept(()).physical(), kept(()).physical());
+        assert!(
+            one.zip(other).is_some_and(|(a, b)| Arc::ptr_eq(&a, &b)),
+            "one physical plan serves the runs"
+        );
+        let runs = (0..8).map(|_| run(&session, kept(()), sql));
+        let rows = futures::future::join_all(runs).await;
+        assert_eq!(rows, vec![2; 8]);
     }
 }

@@ -14,6 +14,11 @@
 //! A prepared statement's parameters are bound into its optimized plan at each run: one
 //! generic plan serves every value, as PostgreSQL's generic plans do. Values written into a
 //! query's text are bound the same way where `literal_params` can take them out of it.
+//!
+//! A query that reads no table (`SELECT 1`, a pool's check that a connection lives) keeps its
+//! physical plan too: physical planning was most of its cost, and a plan of constants only
+//! (`runs_again`) answers the same on every run. A plan that reads anything is planned again
+//! each run, so files are listed and credentials fetched.
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +28,14 @@ use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{ParamValues, Result};
 use datafusion::execution::SessionState;
 use datafusion::logical_expr::{Expr, LogicalPlan, Volatility};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::limit::{GlobalLimitExec, LocalLimitExec};
+use datafusion::physical_plan::placeholder_row::PlaceholderRowExec;
+use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::union::UnionExec;
 use datafusion::sql::sqlparser::ast::Statement;
 
 /// The budget of all users' plans by default (`plan_cache_megabytes` in the configuration).
@@ -40,12 +53,14 @@ pub enum QueryText {
 }
 
 /// A query planned before: its statement (for column names and the hooks), its plan as the
-/// SQL planner made it (what a prepared statement is described from) and as optimized.
+/// SQL planner made it (what a prepared statement is described from) and as optimized, and
+/// its physical plan where that can run again (`runs_again`).
 #[derive(Debug, Clone)]
 pub struct CachedQuery {
     pub statement: Arc<Statement>,
     pub logical: Arc<LogicalPlan>,
     pub plan: Arc<LogicalPlan>,
+    pub physical: Option<Arc<dyn ExecutionPlan>>,
 }
 
 /// A query ready to run: planned just now (optimized when it runs, and kept for later runs of
@@ -60,6 +75,7 @@ pub enum Planned {
     Cached {
         plan: Arc<LogicalPlan>,
         params: Option<ParamValues>,
+        physical: Option<Arc<dyn ExecutionPlan>>,
     },
 }
 
@@ -68,9 +84,40 @@ pub struct Keep {
     text: QueryText,
     logical: LogicalPlan,
     plan: Arc<LogicalPlan>,
+    /// Values were bound into the plan that ran: its physical plan holds them.
+    bound: bool,
+    physical: Option<Arc<dyn ExecutionPlan>>,
+}
+
+impl Keep {
+    /// Keeps the physical plan the query ran with too, where it can run again.
+    pub fn with_physical(mut self, physical: &Arc<dyn ExecutionPlan>) -> Self {
+        if !self.bound && runs_again(physical) {
+            self.physical = Some(physical.clone());
+        }
+        self
+    }
 }
 
 impl Planned {
+    /// A kept query, to run with `params` (its physical plan only serves runs without).
+    pub fn cached(query: CachedQuery, params: Option<ParamValues>) -> Self {
+        let physical = query.physical.filter(|_| params.is_none());
+        Planned::Cached {
+            plan: query.plan,
+            params,
+            physical,
+        }
+    }
+
+    /// The physical plan kept with a cached query, ready to run again.
+    pub fn physical(&self) -> Option<Arc<dyn ExecutionPlan>> {
+        match self {
+            Planned::Cached { physical, .. } => physical.clone(),
+            Planned::Fresh { .. } => None,
+        }
+    }
+
     /// A plan run once, never kept.
     pub fn once(plan: LogicalPlan) -> Self {
         Planned::Fresh {
@@ -83,18 +130,24 @@ impl Planned {
     /// The optimized plan to run, parameters bound, and what the cache may keep of it.
     pub fn optimize(self, state: &SessionState) -> Result<(Arc<LogicalPlan>, Option<Keep>)> {
         let (plan, text, params) = match self {
-            Planned::Cached { plan, params: None } => return Ok((plan, None)),
+            Planned::Cached {
+                plan, params: None, ..
+            } => return Ok((plan, None)),
             Planned::Cached {
                 plan,
                 params: Some(params),
+                ..
             } => return Ok((Arc::new(bind(&plan, &params)?), None)),
             Planned::Fresh { plan, text, params } => (plan, text, params),
         };
+        let bound = params.is_some();
         let keep = |reusable: bool, plan: LogicalPlan, optimized: &Arc<LogicalPlan>| {
             text.clone().filter(|_| reusable).map(|text| Keep {
                 text,
                 logical: plan,
                 plan: optimized.clone(),
+                bound,
+                physical: None,
             })
         };
         let Some(params) = params else {
@@ -230,6 +283,7 @@ impl PlanCache {
                 statement: Arc::new(statement.clone()),
                 logical: Arc::new(keep.logical),
                 plan: keep.plan,
+                physical: keep.physical,
             };
             cache.insert((self.owner, keep.text), query);
         }
@@ -259,6 +313,7 @@ fn weight(text: &QueryText, query: &CachedQuery) -> usize {
         + text.len() * STATEMENT_BYTES_PER_CHAR
         + plan_bytes(&query.logical)
         + plan_bytes(&query.plan)
+        + query.physical.as_ref().map_or(0, physical_bytes)
 }
 
 // sqlparser's statements are large structs: `SELECT 1` parses to 10 KB.
@@ -267,6 +322,43 @@ const STATEMENT_BYTES_PER_CHAR: usize = 144;
 const NODE_BYTES: usize = 512;
 const FIELD_BYTES: usize = 192;
 const EXPR_BYTES: usize = 160;
+
+/// Only plans of constants are kept (`runs_again`): a few small nodes, each with its schema,
+/// properties and metrics.
+const PHYSICAL_NODE_BYTES: usize = 2 << 10;
+
+fn physical_bytes(plan: &Arc<dyn ExecutionPlan>) -> usize {
+    PHYSICAL_NODE_BYTES
+        + plan
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| FIELD_BYTES + f.name().len())
+            .sum::<usize>()
+        + plan
+            .children()
+            .into_iter()
+            .map(physical_bytes)
+            .sum::<usize>()
+}
+
+/// Whether a physical plan answers the same on every run and can run again, from any number
+/// of connections at once: it reads no table (no files to list again, no credentials) and
+/// each node is one that keeps no state between runs (no dynamic filters, generators or
+/// shared channels). DataFusion's other nodes, and Lakegate's, are planned each run.
+fn runs_again(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    // The node's own type: a wrapper that answers `is` for the node it wraps is not that node.
+    let node: &dyn std::any::Any = plan.as_ref();
+    let stateless = node.is::<ProjectionExec>()
+        || node.is::<PlaceholderRowExec>()
+        || node.is::<EmptyExec>()
+        || node.is::<FilterExec>()
+        || node.is::<UnionExec>()
+        || node.is::<GlobalLimitExec>()
+        || node.is::<LocalLimitExec>()
+        || node.is::<CoalescePartitionsExec>();
+    stateless && plan.children().into_iter().all(runs_again)
+}
 
 fn plan_bytes(plan: &LogicalPlan) -> usize {
     let mut schemas = HashSet::new();
@@ -416,6 +508,7 @@ mod tests {
             statement: Arc::new(statement),
             logical: Arc::new(keep.logical),
             plan: keep.plan,
+            physical: keep.physical,
         };
         let held = usize::try_from(live_bytes() - before).unwrap_or(0);
         (held, weight(&keep.text, &query))
@@ -477,12 +570,86 @@ mod tests {
             .await
             .expect("plans");
         let (optimized, _) = optimize(state, &logical).expect("optimizes");
+        let physical = state
+            .query_planner()
+            .create_physical_plan(&optimized, state)
+            .await
+            .expect("plans physically");
         let keep = Keep {
             text: QueryText::Simple(sql.to_string()),
             logical,
             plan: Arc::new(optimized),
+            bound: false,
+            physical: None,
         };
-        (keep, statement)
+        (keep.with_physical(&physical), statement)
+    }
+
+    /// Whether `sql`, as `user` of the quickstart plans it, keeps its physical plan.
+    async fn keeps_physical(lake: &crate::lake::Lake, user: &str, sql: &str) -> bool {
+        let identity = lake.identity_of(user).expect("user");
+        let session = lake.session(identity, None).await.expect("session");
+        planned(&session.context().state(), sql)
+            .await
+            .0
+            .physical
+            .is_some()
+    }
+
+    #[tokio::test]
+    async fn only_plans_of_constants_keep_their_physical_plan() {
+        let (lake, _) = crate::lake::tests::quickstart().await;
+        for sql in [
+            "SELECT 1",
+            "SELECT 1 AS a UNION ALL SELECT 2",
+            "SELECT upper('x') AS a WHERE 2 > 1 LIMIT 1",
+        ] {
+            assert!(keeps_physical(&lake, "carol", sql).await, "{sql} is kept");
+        }
+        for sql in [
+            // a table: files are listed, and policy planned, on every run
+            "SELECT * FROM gtm.hcp WHERE hcp_id = 7",
+            "SELECT count(*) FROM gtm.hcp",
+            "SELECT 1 FROM gtm.hcp LIMIT 1",
+            // a generator keeps its state in the plan
+            "SELECT * FROM generate_series(1, 3)",
+            // the catalog a user sees
+            "SELECT relname FROM pg_catalog.pg_class",
+            // a sort's top rows feed a filter that lives in the plan
+            "SELECT a FROM (VALUES (3), (1), (2)) t(a) ORDER BY a LIMIT 1",
+        ] {
+            assert!(
+                !keeps_physical(&lake, "carol", sql).await,
+                "{sql} is planned again"
+            );
+        }
+    }
+
+    /// A physical plan holds values bound into it: a generic plan's runs never share one.
+    #[tokio::test]
+    async fn a_plan_with_bound_values_keeps_no_physical_plan() {
+        let state = SessionContext::new().state();
+        let logical = state
+            .create_logical_plan("SELECT 1 AS n WHERE $1 = 1")
+            .await
+            .expect("plans");
+        let params = ParamValues::List(vec![ScalarAndMetadata::from(
+            datafusion::common::ScalarValue::Int64(Some(41)),
+        )]);
+        let planned = Planned::Fresh {
+            plan: logical,
+            text: Some(QueryText::Prepared("SELECT 1 AS n WHERE $1 = 1".into())),
+            params: Some(params),
+        };
+        let (plan, keep) = planned.optimize(&state).expect("optimizes");
+        let physical = state
+            .query_planner()
+            .create_physical_plan(&plan, &state)
+            .await
+            .expect("plans physically");
+        assert!(runs_again(&physical), "a plan of constants");
+        let keep = keep.expect("the generic plan is kept");
+        assert!(keep.with_physical(&physical).physical.is_none());
     }
 
     #[tokio::test]
