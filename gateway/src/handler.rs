@@ -1183,13 +1183,23 @@ mod tests {
         assert_eq!(run(&session, first, sql).await, 2);
         let plans = session.plans().expect("a plan cache");
         let kept = |()| Planned::cached(plans.get(&text).expect("kept"), None);
+        // each run gets a copy of the kept plan, with what planning computed (not planned again)
         let (one, other) = (kept(()).physical(), kept(()).physical());
         assert!(
-            one.zip(other).is_some_and(|(a, b)| Arc::ptr_eq(&a, &b)),
+            one.zip(other).is_some_and(
+                |(a, b)| !Arc::ptr_eq(&a, &b) && Arc::ptr_eq(a.properties(), b.properties())
+            ),
             "one physical plan serves the runs"
         );
         let runs = (0..8).map(|_| run(&session, kept(()), sql));
         let rows = futures::future::join_all(runs).await;
         assert_eq!(rows, vec![2; 8]);
+        // each run ran a copy: the kept nodes gathered no run's metrics
+        fn metrics(plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>) -> usize {
+            plan.metrics().map_or(0, |m| m.iter().count())
+                + plan.children().into_iter().map(metrics).sum::<usize>()
+        }
+        let kept_plan = plans.get(&text).and_then(|q| q.physical).expect("kept");
+        assert_eq!(metrics(&kept_plan), 0);
     }
 }

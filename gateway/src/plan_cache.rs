@@ -31,6 +31,7 @@ use datafusion::logical_expr::{Expr, LogicalPlan, Volatility};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::execution_plan::reset_plan_states;
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::limit::{GlobalLimitExec, LocalLimitExec};
 use datafusion::physical_plan::placeholder_row::PlaceholderRowExec;
@@ -93,7 +94,8 @@ impl Keep {
     /// Keeps the physical plan the query ran with too, where it can run again.
     pub fn with_physical(mut self, physical: &Arc<dyn ExecutionPlan>) -> Self {
         if !self.bound && runs_again(physical) {
-            self.physical = Some(physical.clone());
+            // a copy: the plan given runs now, and its metrics are that run's
+            self.physical = reset_plan_states(physical.clone()).ok();
         }
         self
     }
@@ -110,11 +112,16 @@ impl Planned {
         }
     }
 
-    /// The physical plan kept with a cached query, ready to run again.
+    /// The physical plan kept with a cached query, as a copy of its own to run: each run
+    /// registers its metrics in the nodes it runs, so running the kept nodes themselves would
+    /// grow them with every run. The copy keeps the nodes' computed properties.
     pub fn physical(&self) -> Option<Arc<dyn ExecutionPlan>> {
         match self {
-            Planned::Cached { physical, .. } => physical.clone(),
-            Planned::Fresh { .. } => None,
+            Planned::Cached {
+                physical: Some(kept),
+                ..
+            } => reset_plan_states(kept.clone()).ok(),
+            _ => None,
         }
     }
 
