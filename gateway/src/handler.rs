@@ -368,21 +368,12 @@ where
         .map(|h| (*h).clone());
     let state = session.planning_state(matches!(plan, Planned::Cached { .. }));
     let state = state.as_ref();
-    let kept = plan.physical();
-    let (optimized, keep) = plan.optimize(state).map_err(df_err)?;
+    let (optimized, physical) = plan
+        .into_physical(state, session.plans(), statement)
+        .await
+        .map_err(df_err)?;
     let schema = column_names::postgres_schema(statement, optimized.schema().as_arrow());
     let fields = Arc::new(pgwire_fields(&schema, format, client)?);
-    let physical = match kept {
-        Some(physical) => physical,
-        None => state
-            .query_planner()
-            .create_physical_plan(&optimized, state)
-            .await
-            .map_err(df_err)?,
-    };
-    if let (Some(keep), Some(cache)) = (keep, session.plans()) {
-        cache.keep(keep.with_physical(&physical), statement);
-    }
     let batches = datafusion::physical_plan::execute_stream(physical, session.task_context(state))
         .map_err(df_err)?;
     let peer = client
@@ -1103,24 +1094,15 @@ mod tests {
         literal_params::parameterize(&parse(sql)).expect("values taken out")
     }
 
-    /// How many rows `planned` (made from `sql`) returns for `session`'s user; kept as
-    /// `execute_batches` keeps it.
+    /// How many rows `planned` (made from `sql`) returns for `session`'s user, planned (and
+    /// kept) as `execute_batches` plans it.
     async fn run(session: &UserSession, planned: Planned, sql: &str) -> usize {
         let state = session.planning_state(matches!(planned, Planned::Cached { .. }));
         let state = state.as_ref();
-        let kept = planned.physical();
-        let (plan, keep) = planned.optimize(state).expect("optimizes");
-        let physical = match kept {
-            Some(physical) => physical,
-            None => state
-                .query_planner()
-                .create_physical_plan(&plan, state)
-                .await
-                .expect("plans physically"),
-        };
-        if let (Some(keep), Some(plans)) = (keep, session.plans()) {
-            plans.keep(keep.with_physical(&physical), &parse(sql));
-        }
+        let (_, physical) = planned
+            .into_physical(state, session.plans(), &parse(sql))
+            .await
+            .expect("plans");
         datafusion::physical_plan::collect(physical, session.task_context(state))
             .await
             .expect("runs")

@@ -125,6 +125,31 @@ impl Planned {
         }
     }
 
+    /// What runs: the optimized plan (what the columns are named from) and the physical plan,
+    /// kept or made now; `cache` keeps what may serve the next runs of `statement`'s text.
+    pub async fn into_physical(
+        self,
+        state: &SessionState,
+        cache: Option<&PlanCache>,
+        statement: &Statement,
+    ) -> Result<(Arc<LogicalPlan>, Arc<dyn ExecutionPlan>)> {
+        let kept = self.physical();
+        let (optimized, keep) = self.optimize(state)?;
+        let physical = match kept {
+            Some(physical) => physical,
+            None => {
+                state
+                    .query_planner()
+                    .create_physical_plan(&optimized, state)
+                    .await?
+            }
+        };
+        if let (Some(keep), Some(cache)) = (keep, cache) {
+            cache.keep(keep.with_physical(&physical), statement);
+        }
+        Ok((optimized, physical))
+    }
+
     /// A plan run once, never kept.
     pub fn once(plan: LogicalPlan) -> Self {
         Planned::Fresh {
