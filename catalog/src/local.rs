@@ -15,6 +15,9 @@ use datafusion::execution::cache::default_cache::DefaultCache;
 use crate::error::CatalogError;
 use crate::glue_table::{GlueRef, GlueTable};
 use crate::model::{Catalog, Database, FileNames, Table, TableFormat};
+use crate::small_tables::{
+    DEFAULT_MEGABYTES as DEFAULT_SMALL_TABLE_MEGABYTES, SmallTable, SmallTables,
+};
 
 /// The file names Hive and Athena count as data: any not starting with `_` or `.` (DataFusion
 /// matches the glob against file names; `key=value` folders are partitions).
@@ -31,6 +34,8 @@ pub struct LocalCatalog {
     /// Each data file's statistics, read from its footer once rather than on every scan;
     /// an entry is used only while the file's size and modification time are unchanged.
     file_statistics: Arc<FileStatisticsCache>,
+    /// Tables in local folders small enough to keep decoded, all users together.
+    small_tables: Arc<SmallTables>,
 }
 
 /// DataFusion's own default size for this cache.
@@ -59,6 +64,7 @@ impl LocalCatalog {
             catalog,
             base_dir,
             file_statistics: file_statistics_cache(),
+            small_tables: Arc::new(SmallTables::new(DEFAULT_SMALL_TABLE_MEGABYTES)),
         };
         local.validate()?;
         Ok(local)
@@ -70,7 +76,19 @@ impl LocalCatalog {
             catalog: Catalog::default(),
             base_dir: PathBuf::from("."),
             file_statistics: file_statistics_cache(),
+            small_tables: Arc::new(SmallTables::new(DEFAULT_SMALL_TABLE_MEGABYTES)),
         }
+    }
+
+    /// The memory for small tables kept decoded (see `small_tables`); 0 keeps none. Applies
+    /// to the table providers made after it.
+    pub fn keep_small_tables(&mut self, megabytes: u64) {
+        self.small_tables = Arc::new(SmallTables::new(megabytes));
+    }
+
+    /// The small tables kept decoded (for tests).
+    pub fn small_tables(&self) -> &SmallTables {
+        &self.small_tables
     }
 
     pub fn catalog(&self) -> &Catalog {
@@ -208,7 +226,18 @@ impl LocalCatalog {
         let listing = ListingTable::try_new(config)
             .map_err(provider_error)?
             .with_cache(Some(self.file_statistics.clone()));
-        Ok(Arc::new(listing))
+        // Partitioned tables are read from their files: they are seldom small, and their
+        // partition filters are exact (DataFusion drops them above the scan), which a scan of
+        // kept batches would not apply.
+        if table.location.contains("://") || !table.partition_keys.is_empty() {
+            return Ok(Arc::new(listing));
+        }
+        let name = format!("{database}.{}", table.name);
+        Ok(Arc::new(SmallTable::new(
+            name,
+            listing,
+            self.small_tables.clone(),
+        )))
     }
 
     fn resolve_location(&self, location: &str) -> PathBuf {
@@ -241,6 +270,7 @@ mod tests {
             catalog,
             base_dir: PathBuf::from("."),
             file_statistics: file_statistics_cache(),
+            small_tables: Arc::new(SmallTables::new(0)),
         };
         let table = &local.catalog.databases[0].tables[0];
         let provider = local.table_provider("d", table, None).expect("provider");
@@ -301,6 +331,7 @@ mod tests {
             catalog: serde_saphyr::from_str(yaml).expect("catalog yaml"),
             base_dir: dir.clone(),
             file_statistics: file_statistics_cache(),
+            small_tables: Arc::new(SmallTables::new(0)),
         };
         let table = &local.catalog.databases[0].tables[0];
         // as the gateway reads: listing the files on every scan

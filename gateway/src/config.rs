@@ -75,6 +75,11 @@ pub struct Config {
     /// query: files added or removed are seen at once.
     #[serde(default)]
     pub file_listing_seconds: u64,
+    /// Memory for tables in local folders kept decoded, all users together, in megabytes
+    /// (see README, "How a query is served"). A table is kept when it takes at most an eighth
+    /// of it. 0 reads every table from its files on every query. Default 128.
+    #[serde(default = "default_small_table_cache_megabytes")]
+    pub small_table_cache_megabytes: u64,
 }
 
 /// Where personal access tokens are kept and how long they live (see README, "Personal access
@@ -437,6 +442,9 @@ fn default_listen() -> String {
 }
 fn default_plan_cache_megabytes() -> u64 {
     crate::plan_cache::DEFAULT_MEGABYTES
+}
+fn default_small_table_cache_megabytes() -> u64 {
+    lakegate_catalog::DEFAULT_SMALL_TABLE_MEGABYTES
 }
 fn default_database() -> String {
     "lake".to_string()

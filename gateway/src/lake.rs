@@ -961,6 +961,100 @@ pub(crate) mod tests {
         assert!(after_remove.contains("| 2000 |"), "{after_remove}");
     }
 
+    /// carol's answer to `sql` in a new session.
+    async fn carols_answer(lake: &Lake, sql: &str) -> String {
+        let carol = lake.identity_of("carol").expect("carol");
+        let session = lake.session(carol, None).await.expect("session");
+        one_value(&session, sql).await
+    }
+
+    /// A small table is read from its files once and then from memory, until a file of it
+    /// changes: added and removed files (above) and a file rewritten in place are read anew.
+    #[tokio::test]
+    async fn a_small_table_is_kept_in_memory_until_its_files_change() {
+        let (lake, dir) = quickstart_copy("kept", "").await;
+        let kept = || lake.tables().catalog.small_tables().kept_tables();
+        assert_eq!(kept(), 0);
+        let lookup = "SELECT count(*) AS n FROM gtm.hcp WHERE hcp_id <= 10";
+        let first = carols_answer(&lake, lookup).await;
+        assert_eq!(kept(), 1, "hcp is kept after its first read");
+        let again = carols_answer(&lake, lookup).await;
+        // the file rewritten in place with its first five rows only
+        let file = dir.join("data/gtm/hcp/part-0.parquet");
+        let smaller = dir.join("smaller.parquet");
+        let writer = SessionContext::new().enable_url_table();
+        let copy = format!(
+            "COPY (SELECT * FROM '{}' ORDER BY hcp_id LIMIT 5) TO '{}' STORED AS PARQUET",
+            file.display(),
+            smaller.display()
+        );
+        writer
+            .sql(&copy)
+            .await
+            .expect("copy")
+            .collect()
+            .await
+            .expect("written");
+        std::fs::rename(&smaller, &file).expect("rewritten");
+        let rewritten = carols_answer(&lake, lookup).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(first.contains("| 10 |"), "{first}");
+        assert_eq!(again, first);
+        assert!(rewritten.contains("| 5 |"), "read anew: {rewritten}");
+    }
+
+    /// Kept rows are the raw table: each user's policy still applies to them. carol (no row
+    /// filter) has hcp read into memory; alice then sees her countries only, emails masked.
+    #[tokio::test]
+    async fn kept_tables_are_read_under_each_users_policy() {
+        let (lake, dir) = quickstart_copy("kept-policy", "").await;
+        let elsewhere =
+            "SELECT count(*) AS n FROM gtm.hcp WHERE country NOT IN ('DE', 'FR', 'DK', 'CH')";
+        let carols = carols_answer(&lake, elsewhere).await;
+        assert_eq!(lake.tables().catalog.small_tables().kept_tables(), 1);
+        let alice = lake.identity_of("alice").expect("alice");
+        let session = lake.session(alice, None).await.expect("session");
+        let alices = one_value(&session, elsewhere).await;
+        let emails = one_value(
+            &session,
+            "SELECT count(*) AS n FROM gtm.hcp WHERE email LIKE '%@%'",
+        )
+        .await;
+        let rows = one_value(&session, "SELECT count(*) AS n FROM gtm.hcp").await;
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            !carols.contains("| 0 |"),
+            "carol sees other countries: {carols}"
+        );
+        assert!(
+            alices.contains("| 0 |"),
+            "alice sees her countries only: {alices}"
+        );
+        assert!(!rows.contains("| 0 |"), "{rows}");
+        assert!(emails.contains("| 0 |"), "emails are masked: {emails}");
+    }
+
+    /// With no memory for them, or a table larger than its share, tables are read from their
+    /// files on every query, with the same answers.
+    #[tokio::test]
+    async fn tables_beyond_the_budget_are_read_from_their_files() {
+        for (name, budget) in [("kept-off", 0), ("kept-tiny", 1)] {
+            let extra = format!("small_table_cache_megabytes: {budget}");
+            let (lake, dir) = quickstart_copy(name, &extra).await;
+            let lookup = "SELECT full_name FROM gtm.hcp WHERE hcp_id = 7";
+            let first = carols_answer(&lake, lookup).await;
+            let again = carols_answer(&lake, lookup).await;
+            let kept = lake.tables().catalog.small_tables().kept_tables();
+            let _ = std::fs::remove_dir_all(&dir);
+            assert_eq!(kept, 0, "budget {budget} MB");
+            assert_eq!(first, again);
+            assert!(
+                first.contains("full_name") && first.lines().count() == 5,
+                "{first}"
+            );
+        }
+    }
+
     /// `file_listing_seconds` trades that for speed: within it, a listing is used again.
     #[tokio::test]
     async fn a_kept_listing_is_used_for_file_listing_seconds() {

@@ -454,6 +454,7 @@ async fn load_catalog(
         Some(path) => LocalCatalog::load(path).map_err(|e| e.to_string())?,
         None => LocalCatalog::empty(),
     };
+    catalog.keep_small_tables(config.small_table_cache_megabytes);
     let mut skipped = Vec::new();
     if let Some(glue) = &config.glue {
         let Some(aws) = aws else {
