@@ -765,6 +765,17 @@ pub(crate) mod tests {
         (lake, config)
     }
 
+    /// The quickstart's lake with every table read from its files (no small tables kept).
+    pub(crate) async fn quickstart_reading_files() -> Lake {
+        let quickstart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart");
+        crate::demo::ensure(&quickstart.join("data")).expect("demo data");
+        let config = Config::load(&quickstart.join("lakegate.yaml")).expect("config");
+        let (mut catalog, _) = crate::load_catalog(&config, None).await.expect("catalog");
+        catalog.keep_small_tables(0);
+        let policy = crate::load_policy(&config.policy).expect("policy");
+        Lake::new(Arc::new(config), catalog, policy, None).expect("lake")
+    }
+
     async fn one_value(session: &UserSession, sql: &str) -> String {
         let batches = session
             .context()
