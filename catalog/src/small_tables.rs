@@ -21,6 +21,7 @@ use datafusion::common::{Constraints, Result};
 use datafusion::datasource::listing::{ListingTable, PartitionedFile};
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::source::DataSourceExec;
+use datafusion::error::DataFusionError;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
 use datafusion::physical_plan::{ExecutionPlan, collect};
 
@@ -33,10 +34,13 @@ const SHARE_OF_BUDGET: u64 = 8;
 
 /// The decoded small tables of one catalog, all users together.
 pub struct SmallTables {
-    /// Per table (`database.table`): its files as read, and their batches.
-    kept: moka::sync::Cache<String, Arc<Kept>>,
+    /// Per table (`database.table`): its files as read, and their batches. Queries that find
+    /// a table missing or changed at once wait for one read of it (moka's entry API).
+    kept: moka::future::Cache<String, Arc<Kept>>,
     /// The most a table may take decoded, and (a cheaper first check) its files on disk.
     max_table_bytes: u64,
+    /// How many times a table was read into memory (for tests).
+    reads: std::sync::atomic::AtomicU64,
 }
 
 impl fmt::Debug for SmallTables {
@@ -53,13 +57,21 @@ impl fmt::Debug for SmallTables {
 /// One table as last read.
 struct Kept {
     files: Vec<FileStamp>,
-    /// `None`: the table decoded larger than a table may take; it is read from its files.
-    batches: Option<Vec<RecordBatch>>,
+    /// `Ok(None)`: the table decoded larger than a table may take; it is read from its files.
+    /// An error is given to the queries that waited for this read, and the next query reads
+    /// the table again.
+    batches: std::result::Result<Option<Vec<RecordBatch>>, Arc<DataFusionError>>,
+}
+
+impl Kept {
+    fn batches(&self) -> impl Iterator<Item = &RecordBatch> {
+        self.batches.iter().flatten().flatten()
+    }
 }
 
 /// What identifies a file's content for as long as it is kept. Two writes of the same size
 /// within one clock tick of the file system look alike (as for DataFusion's statistics cache).
-#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct FileStamp {
     path: String,
     size: u64,
@@ -81,17 +93,18 @@ impl SmallTables {
     /// `megabytes`: the budget; 0 keeps no table.
     pub fn new(megabytes: u64) -> SmallTables {
         let budget_kib = megabytes.saturating_mul(1024);
-        let kept = moka::sync::Cache::builder()
+        let kept = moka::future::Cache::builder()
             .name("lakegate small tables")
             .max_capacity(budget_kib)
             .weigher(|_: &String, kept: &Arc<Kept>| {
-                let bytes = kept.batches.iter().flatten().map(batch_bytes).sum::<u64>();
+                let bytes = kept.batches().map(batch_bytes).sum::<u64>();
                 u32::try_from(bytes / 1024 + 1).unwrap_or(u32::MAX)
             })
             .build();
         SmallTables {
             kept,
             max_table_bytes: megabytes.saturating_mul(1024 * 1024) / SHARE_OF_BUDGET,
+            reads: Default::default(),
         }
     }
 
@@ -99,12 +112,17 @@ impl SmallTables {
         self.max_table_bytes > 0
     }
 
+    /// How many times a table was read from its files into memory (for tests).
+    pub fn reads(&self) -> u64 {
+        self.reads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// How many tables are kept decoded now (for tests).
-    pub fn kept_tables(&self) -> usize {
-        self.kept.run_pending_tasks();
+    pub async fn kept_tables(&self) -> usize {
+        self.kept.run_pending_tasks().await;
         self.kept
             .iter()
-            .filter(|(_, kept)| kept.batches.is_some())
+            .filter(|(_, kept)| matches!(kept.batches, Ok(Some(_))))
             .count()
     }
 }
@@ -146,6 +164,27 @@ impl SmallTable {
             MemorySourceConfig::try_new(&[batches.to_vec()], self.schema(), projection.cloned())?
                 .with_limit(limit);
         Ok(DataSourceExec::from_data_source(source))
+    }
+
+    /// The whole table, read from its files, as `files` listed them.
+    async fn read(&self, state: &dyn Session, files: Vec<FileStamp>) -> Arc<Kept> {
+        self.kept
+            .reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let read = async {
+            let all = self.files.scan(state, None, &[], None).await?;
+            collect(all, state.task_ctx()).await
+        };
+        let batches = match read.await {
+            Ok(batches) => {
+                let decoded = batches.iter().map(batch_bytes).sum::<u64>();
+                let small = decoded <= self.kept.max_table_bytes;
+                tracing::debug!(table = %self.name, files = files.len(), decoded, small, "table read into memory");
+                Ok(small.then_some(batches))
+            }
+            Err(e) => Err(Arc::new(e)),
+        };
+        Arc::new(Kept { files, batches })
     }
 }
 
@@ -203,26 +242,19 @@ impl TableProvider for SmallTable {
         if files.is_empty() || on_disk > self.kept.max_table_bytes {
             return self.files.scan(state, projection, filters, limit).await;
         }
-        if let Some(kept) = self.kept.kept.get(&self.name)
-            && kept.files == files
-        {
-            return match &kept.batches {
-                Some(batches) => self.memory_scan(batches, projection, limit),
-                None => self.files.scan(state, projection, filters, limit).await,
-            };
+        let kept = self
+            .kept
+            .kept
+            .entry_by_ref(&self.name)
+            .or_insert_with_if(self.read(state, files.clone()), |kept| {
+                kept.files != files || kept.batches.is_err()
+            })
+            .await
+            .into_value();
+        match &kept.batches {
+            Ok(Some(batches)) => self.memory_scan(batches, projection, limit),
+            Ok(None) => self.files.scan(state, projection, filters, limit).await,
+            Err(e) => Err(DataFusionError::Shared(e.clone())),
         }
-        // Read the whole table once; this query and the next ones scan it in memory.
-        let all = self.files.scan(state, None, &[], None).await?;
-        let batches = collect(all, state.task_ctx()).await?;
-        let decoded = batches.iter().map(batch_bytes).sum::<u64>();
-        let small = decoded <= self.kept.max_table_bytes;
-        tracing::debug!(table = %self.name, files = files.len(), on_disk, decoded, small, "table read into memory");
-        let plan = self.memory_scan(&batches, projection, limit)?;
-        let kept = Kept {
-            files,
-            batches: small.then_some(batches),
-        };
-        self.kept.kept.insert(self.name.clone(), Arc::new(kept));
-        Ok(plan)
     }
 }

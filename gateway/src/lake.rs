@@ -979,16 +979,76 @@ pub(crate) mod tests {
         one_value(&session, sql).await
     }
 
+    async fn kept_tables(lake: &Lake) -> usize {
+        lake.tables().catalog.small_tables().kept_tables().await
+    }
+
+    /// Queries that find a small table not yet read wait for one read of it, rather than
+    /// each reading (and holding) the whole table at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn queries_arriving_together_read_a_small_table_once() {
+        let (lake, dir) = quickstart_copy("kept-together", "").await;
+        let lake = Arc::new(lake);
+        // carol's catalog is built first, so the queries meet at the table
+        carols_answer(&lake, "SELECT 1").await;
+        let start = Arc::new(tokio::sync::Barrier::new(8));
+        let lookups = (1..=8).map(|id| {
+            let (lake, start) = (lake.clone(), start.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                let sql = format!("SELECT full_name FROM gtm.hcp WHERE hcp_id = {id}");
+                carols_answer(&lake, &sql).await
+            })
+        });
+        let answers: Vec<String> = futures::future::join_all(lookups)
+            .await
+            .into_iter()
+            .map(|answer| answer.expect("query task"))
+            .collect();
+        let reads = lake.tables().catalog.small_tables().reads();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            answers.iter().all(|a| a.lines().count() == 5),
+            "{answers:?}"
+        );
+        assert_eq!(reads, 1);
+    }
+
+    /// A table whose file cannot be read answers with the error, and the next query after
+    /// the file is mended reads it again and answers.
+    #[tokio::test]
+    async fn a_failed_read_is_not_kept() {
+        let (lake, dir) = quickstart_copy("kept-broken", "").await;
+        let file = dir.join("data/gtm/hcp/part-0.parquet");
+        let whole = std::fs::read(&file).expect("file");
+        std::fs::write(&file, b"not parquet").expect("broken");
+        let carol = lake.identity_of("carol").expect("carol");
+        let session = lake.session(carol, None).await.expect("session");
+        let lookup = "SELECT full_name FROM gtm.hcp WHERE hcp_id = 7";
+        let broken = match session.context().sql(lookup).await {
+            Ok(frame) => frame.collect().await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        std::fs::write(&file, whole).expect("mended");
+        let mended = one_value(&session, lookup).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(broken.is_err(), "a broken file is an error");
+        assert_eq!(mended.lines().count(), 5, "{mended}");
+    }
+
     /// A small table is read from its files once and then from memory, until a file of it
     /// changes: added and removed files (above) and a file rewritten in place are read anew.
     #[tokio::test]
     async fn a_small_table_is_kept_in_memory_until_its_files_change() {
         let (lake, dir) = quickstart_copy("kept", "").await;
-        let kept = || lake.tables().catalog.small_tables().kept_tables();
-        assert_eq!(kept(), 0);
+        assert_eq!(kept_tables(&lake).await, 0);
         let lookup = "SELECT count(*) AS n FROM gtm.hcp WHERE hcp_id <= 10";
         let first = carols_answer(&lake, lookup).await;
-        assert_eq!(kept(), 1, "hcp is kept after its first read");
+        assert_eq!(
+            kept_tables(&lake).await,
+            1,
+            "hcp is kept after its first read"
+        );
         let again = carols_answer(&lake, lookup).await;
         // the file rewritten in place with its first five rows only
         let file = dir.join("data/gtm/hcp/part-0.parquet");
@@ -1022,7 +1082,7 @@ pub(crate) mod tests {
         let elsewhere =
             "SELECT count(*) AS n FROM gtm.hcp WHERE country NOT IN ('DE', 'FR', 'DK', 'CH')";
         let carols = carols_answer(&lake, elsewhere).await;
-        assert_eq!(lake.tables().catalog.small_tables().kept_tables(), 1);
+        assert_eq!(kept_tables(&lake).await, 1);
         let alice = lake.identity_of("alice").expect("alice");
         let session = lake.session(alice, None).await.expect("session");
         let alices = one_value(&session, elsewhere).await;
@@ -1055,7 +1115,7 @@ pub(crate) mod tests {
             let lookup = "SELECT full_name FROM gtm.hcp WHERE hcp_id = 7";
             let first = carols_answer(&lake, lookup).await;
             let again = carols_answer(&lake, lookup).await;
-            let kept = lake.tables().catalog.small_tables().kept_tables();
+            let kept = kept_tables(&lake).await;
             let _ = std::fs::remove_dir_all(&dir);
             assert_eq!(kept, 0, "budget {budget} MB");
             assert_eq!(first, again);
