@@ -23,7 +23,8 @@ use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::DataFusionError;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
-use datafusion::physical_plan::{ExecutionPlan, collect};
+use datafusion::physical_plan::{ExecutionPlan, execute_stream};
+use futures::TryStreamExt;
 
 /// Default memory for kept tables, in megabytes.
 pub const DEFAULT_MEGABYTES: u64 = 128;
@@ -171,16 +172,26 @@ impl SmallTable {
         self.kept
             .reads
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Stops as soon as the decoded rows outgrow a table's share: a small file can decode
+        // to far more (long runs of one value), and is then read from its files, in batches.
         let read = async {
             let all = self.files.scan(state, None, &[], None).await?;
-            collect(all, state.task_ctx()).await
+            let mut stream = execute_stream(all, state.task_ctx())?;
+            let (mut batches, mut decoded) = (Vec::new(), 0u64);
+            while let Some(batch) = stream.try_next().await? {
+                decoded = decoded.saturating_add(batch_bytes(&batch));
+                if decoded > self.kept.max_table_bytes {
+                    return Ok((None, decoded));
+                }
+                batches.push(batch);
+            }
+            Ok::<_, DataFusionError>((Some(batches), decoded))
         };
         let batches = match read.await {
-            Ok(batches) => {
-                let decoded = batches.iter().map(batch_bytes).sum::<u64>();
-                let small = decoded <= self.kept.max_table_bytes;
+            Ok((batches, decoded)) => {
+                let small = batches.is_some();
                 tracing::debug!(table = %self.name, files = files.len(), decoded, small, "table read into memory");
-                Ok(small.then_some(batches))
+                Ok(batches)
             }
             Err(e) => Err(Arc::new(e)),
         };
