@@ -213,22 +213,14 @@ impl TableProvider for SmallTable {
         self.files.table_type()
     }
 
-    /// The files' answers, none exact, so DataFusion keeps every filter above the scan: kept
-    /// batches are not filtered. (Only tables without partitions are kept, whose answers are
-    /// inexact already; a plan is cached for later queries, when the table may be kept or not.)
+    /// None exact, so DataFusion keeps every filter above the scan: kept batches are not
+    /// filtered. (Only tables without partitions are kept, whose files' answers are inexact
+    /// too; a plan is cached for later queries, when the table may be kept or not.)
     fn supports_filters_pushdown(
         &self,
         filters: &[&Expr],
     ) -> Result<Vec<TableProviderFilterPushDown>> {
-        Ok(self
-            .files
-            .supports_filters_pushdown(filters)?
-            .into_iter()
-            .map(|answer| match answer {
-                TableProviderFilterPushDown::Exact => TableProviderFilterPushDown::Inexact,
-                other => other,
-            })
-            .collect())
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
     }
 
     async fn scan(
