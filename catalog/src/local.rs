@@ -365,4 +365,58 @@ mod tests {
         assert!(count().await.contains("| 12 "), "{}", count().await);
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    /// A CSV table kept in memory answers as its file does, and is read again when the file
+    /// changes (the gateway's tests cover Parquet).
+    #[tokio::test]
+    async fn a_kept_csv_table_answers_as_its_file() {
+        let dir = std::env::temp_dir().join(format!("lakegate-kept-csv-{}", std::process::id()));
+        let data = dir.join("t");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&data).expect("folder");
+        std::fs::write(data.join("part-0.csv"), "s,n\nx,1\ny,2\nz,3\n").expect("csv");
+        let yaml = "databases:\n  - name: d\n    tables:\n      - name: t\n        location: t\n        \
+                    format: csv\n        columns:\n          - { name: s, type: string }\n          \
+                    - { name: n, type: bigint }\n";
+        let local = |megabytes| LocalCatalog {
+            catalog: serde_saphyr::from_str(yaml).expect("catalog yaml"),
+            base_dir: dir.clone(),
+            file_statistics: file_statistics_cache(),
+            small_tables: Arc::new(SmallTables::new(megabytes)),
+        };
+        let (kept, files) = (local(8), local(0));
+        let answer = |local: &LocalCatalog| {
+            let table = &local.catalog.databases[0].tables[0];
+            let provider = local.table_provider("d", table, None).expect("provider");
+            async move {
+                let reader = datafusion::prelude::SessionContext::new();
+                reader.register_table("t", provider).expect("registered");
+                let sql =
+                    "SELECT string_agg(s, ',' ORDER BY n) AS s, sum(n) AS n FROM t WHERE n > 1";
+                let batches = reader
+                    .sql(sql)
+                    .await
+                    .expect("plan")
+                    .collect()
+                    .await
+                    .expect("run");
+                datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+                    .expect("format")
+                    .to_string()
+            }
+        };
+        let first = answer(&kept).await;
+        let again = answer(&kept).await;
+        let from_files = answer(&files).await;
+        let reads = kept.small_tables().reads();
+        std::fs::write(data.join("part-0.csv"), "s,n\nx,1\ny,2\nz,3\nw,4\n").expect("csv");
+        let changed = answer(&kept).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(first.contains("| y,z | 5 |"), "{first}");
+        assert_eq!(again, first);
+        assert_eq!(from_files, first);
+        assert_eq!(reads, 1, "read once, then kept");
+        assert!(changed.contains("| y,z,w | 9 |"), "{changed}");
+        assert_eq!(kept.small_tables().kept_tables().await, 1);
+    }
 }
