@@ -259,6 +259,20 @@ mod tests {
 
     use super::*;
 
+    /// The answer to `sql`, as a table.
+    async fn shown(reader: &datafusion::prelude::SessionContext, sql: &str) -> String {
+        let batches = reader
+            .sql(sql)
+            .await
+            .expect("plan")
+            .collect()
+            .await
+            .expect("run");
+        datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+            .expect("format")
+            .to_string()
+    }
+
     fn provider_types(format: &str) -> Vec<DataType> {
         let yaml = format!(
             "databases:\n  - name: d\n    tables:\n      - name: t\n        location: data/t\n        \
@@ -347,18 +361,7 @@ mod tests {
         );
         let provider = local.table_provider("d", table, None).expect("provider");
         reader.register_table("t", provider).expect("registered");
-        let count = || async {
-            let batches = reader
-                .sql("SELECT count(*) FROM t")
-                .await
-                .expect("plan")
-                .collect()
-                .await
-                .expect("run");
-            datafusion::arrow::util::pretty::pretty_format_batches(&batches)
-                .expect("format")
-                .to_string()
-        };
+        let count = || shown(&reader, "SELECT count(*) FROM t");
         assert!(count().await.contains("| 2 "), "{}", count().await);
         assert_eq!(local.file_statistics.len(), 1, "statistics kept");
         write("(1), (2), (3), (4), (5), (6), (7), (8), (9), (10), (11), (12)").await;
@@ -393,16 +396,7 @@ mod tests {
                 reader.register_table("t", provider).expect("registered");
                 let sql =
                     "SELECT string_agg(s, ',' ORDER BY n) AS s, sum(n) AS n FROM t WHERE n > 1";
-                let batches = reader
-                    .sql(sql)
-                    .await
-                    .expect("plan")
-                    .collect()
-                    .await
-                    .expect("run");
-                datafusion::arrow::util::pretty::pretty_format_batches(&batches)
-                    .expect("format")
-                    .to_string()
+                shown(&reader, sql).await
             }
         };
         let first = answer(&kept).await;
