@@ -226,9 +226,10 @@ impl LocalCatalog {
         let listing = ListingTable::try_new(config)
             .map_err(provider_error)?
             .with_cache(Some(self.file_statistics.clone()));
-        // Partitioned tables are read from their files: they are seldom small, and their
-        // partition filters are exact (DataFusion drops them above the scan), which a scan of
-        // kept batches would not apply.
+        // Kept in memory: unpartitioned tables in local folders. A table in S3 is read with
+        // each user's own role, which a copy shared by all users would bypass; a partitioned
+        // table's partition filters are exact (DataFusion drops them above the scan), which a
+        // scan of kept batches would not apply, and such tables are seldom small.
         if table.location.contains("://") || !table.partition_keys.is_empty() {
             return Ok(Arc::new(listing));
         }

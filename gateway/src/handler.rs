@@ -1148,6 +1148,7 @@ mod tests {
                 .is_none()
         );
     }
+
     /// A query of constants runs again on the physical plan its first run made, from many
     /// connections at once, with the same answer each time.
     #[tokio::test]

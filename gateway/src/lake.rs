@@ -756,24 +756,26 @@ pub(crate) mod tests {
 
     /// The quickstart's lake (config, catalog, policy), for tests of what runs on it.
     pub(crate) async fn quickstart() -> (Lake, Config) {
-        let quickstart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart");
-        crate::demo::ensure(&quickstart.join("data")).expect("demo data");
-        let config = Config::load(&quickstart.join("lakegate.yaml")).expect("config");
-        let (catalog, _) = crate::load_catalog(&config, None).await.expect("catalog");
-        let policy = crate::load_policy(&config.policy).expect("policy");
-        let lake = Lake::new(Arc::new(config.clone()), catalog, policy, None).expect("lake");
-        (lake, config)
+        quickstart_keeping(None).await
     }
 
     /// The quickstart's lake with every table read from its files (no small tables kept).
     pub(crate) async fn quickstart_reading_files() -> Lake {
+        quickstart_keeping(Some(0)).await.0
+    }
+
+    /// `small_tables`: megabytes for small tables, where not the configuration's.
+    async fn quickstart_keeping(small_tables: Option<u64>) -> (Lake, Config) {
         let quickstart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart");
         crate::demo::ensure(&quickstart.join("data")).expect("demo data");
         let config = Config::load(&quickstart.join("lakegate.yaml")).expect("config");
         let (mut catalog, _) = crate::load_catalog(&config, None).await.expect("catalog");
-        catalog.keep_small_tables(0);
+        if let Some(megabytes) = small_tables {
+            catalog.keep_small_tables(megabytes);
+        }
         let policy = crate::load_policy(&config.policy).expect("policy");
-        Lake::new(Arc::new(config), catalog, policy, None).expect("lake")
+        let lake = Lake::new(Arc::new(config.clone()), catalog, policy, None).expect("lake");
+        (lake, config)
     }
 
     async fn one_value(session: &UserSession, sql: &str) -> String {
