@@ -368,8 +368,9 @@ where
         .map(|h| (*h).clone());
     let state = session.planning_state(matches!(plan, Planned::Cached { .. }));
     let state = state.as_ref();
+    let runs_here = |plan: &LogicalPlan| session.runs_here(plan);
     let (optimized, physical) = plan
-        .into_physical(state, session.plans(), statement)
+        .into_physical(state, session.plans(), statement, &runs_here)
         .await
         .map_err(df_err)?;
     let schema = column_names::postgres_schema(statement, optimized.schema().as_arrow());
@@ -1089,26 +1090,52 @@ where
 mod tests {
     use super::*;
     use crate::literal_params::tests::parse;
+    use datafusion::common::{ParamValues, ScalarValue};
 
     fn taken_out(sql: &str) -> Parameterized {
         literal_params::parameterize(&parse(sql)).expect("values taken out")
     }
 
-    /// How many rows `planned` (made from `sql`) returns for `session`'s user, planned (and
-    /// kept) as `execute_batches` plans it.
-    async fn run(session: &UserSession, planned: Planned, sql: &str) -> usize {
+    /// What `planned` (made from `sql`) returns for `session`'s user, planned (and kept) as
+    /// `execute_batches` plans it.
+    async fn rows(session: &UserSession, planned: Planned, sql: &str) -> Vec<RecordBatch> {
         let state = session.planning_state(matches!(planned, Planned::Cached { .. }));
         let state = state.as_ref();
         let (_, physical) = planned
-            .into_physical(state, session.plans(), &parse(sql))
+            .into_physical(state, session.plans(), &parse(sql), &|plan| {
+                session.runs_here(plan)
+            })
             .await
             .expect("plans");
         datafusion::physical_plan::collect(physical, session.task_context(state))
             .await
             .expect("runs")
-            .iter()
-            .map(|b| b.num_rows())
-            .sum()
+    }
+
+    /// How many rows `planned` (made from `sql`) returns for `session`'s user.
+    async fn run(session: &UserSession, planned: Planned, sql: &str) -> usize {
+        let batches = rows(session, planned, sql).await;
+        batches.iter().map(|b| b.num_rows()).sum()
+    }
+
+    fn shown(batches: &[RecordBatch]) -> String {
+        datafusion::arrow::util::pretty::pretty_format_batches(batches)
+            .expect("format")
+            .to_string()
+    }
+
+    /// `sql`'s answer as the wire protocols plan it: values taken out, the plan kept.
+    async fn through_cache(session: &UserSession, sql: &str) -> String {
+        let planned = plan_literals(session, &taken_out(sql))
+            .await
+            .expect("planned with placeholders");
+        shown(&rows(session, planned, sql).await)
+    }
+
+    /// `sql`'s answer planned from its text, as written (no cache).
+    async fn as_planned(session: &UserSession, sql: &str) -> String {
+        let frame = session.context().sql(sql).await.expect("plans");
+        shown(&frame.collect().await.expect("runs"))
     }
 
     /// A query's shape is planned by its first run and serves the runs with other values, under
@@ -1184,5 +1211,153 @@ mod tests {
         }
         let kept_plan = plans.get(&text).and_then(|q| q.physical).expect("kept");
         assert_eq!(metrics(&kept_plan), 0);
+    }
+
+    /// A lookup's plan is made from its template for each value once it is cached: the answers
+    /// a planning gives, under the user's row filter and masks, from the table's rows as they
+    /// are now.
+    #[tokio::test]
+    async fn a_lookup_runs_from_its_template_with_each_value() {
+        let (lake, dir) = crate::lake::tests::quickstart_copy("template", "").await;
+        let alice = lake.identity_of("alice").expect("alice"); // EU rows, emails hashed
+        let session = lake.session(alice, None).await.expect("session");
+        let sql = |id: u32| format!("SELECT hcp_id, full_name, email FROM hcp WHERE hcp_id = {id}");
+        through_cache(&session, &sql(8)).await;
+        through_cache(&session, &sql(8)).await; // the first run from the cache makes it
+        let key = QueryText::Literals(taken_out(&sql(8)).text);
+        let plans = session.plans().expect("a plan cache");
+        let template = plans
+            .get(&key)
+            .and_then(|q| q.template.made())
+            .expect("a template");
+        // hcp 8 is German, 5 is not in alice's countries, 4000 is no hcp
+        for id in [8, 5, 9, 4000, 1, 8] {
+            let (kept, planned) = (
+                through_cache(&session, &sql(id)).await,
+                as_planned(&session, &sql(id)).await,
+            );
+            assert_eq!(kept, planned, "hcp {id}");
+        }
+        let eight = through_cache(&session, &sql(8)).await;
+        assert!(
+            eight.contains("| 8 ") && !eight.contains('@'),
+            "hashed: {eight}"
+        );
+        assert_eq!(template.runs(), 7);
+        // the file rewritten with the first five rows: the template's runs read them
+        let file = dir.join("data/gtm/hcp/part-0.parquet");
+        let smaller = dir.join("smaller.parquet");
+        let copy = format!(
+            "COPY (SELECT * FROM '{}' ORDER BY hcp_id LIMIT 5) TO '{}' STORED AS PARQUET",
+            file.display(),
+            smaller.display()
+        );
+        let writer = datafusion::prelude::SessionContext::new().enable_url_table();
+        writer
+            .sql(&copy)
+            .await
+            .expect("copy")
+            .collect()
+            .await
+            .expect("written");
+        std::fs::rename(&smaller, &file).expect("rewritten");
+        let mut answers = Vec::new();
+        for id in [8, 1, 2, 3, 4, 5] {
+            answers.push((
+                id,
+                through_cache(&session, &sql(id)).await,
+                as_planned(&session, &sql(id)).await,
+            ));
+        }
+        let gone = through_cache(&session, &sql(8)).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        for (id, kept, planned) in answers {
+            assert_eq!(kept, planned, "hcp {id} after the rewrite");
+        }
+        assert!(!gone.contains("| 8 "), "hcp 8 is gone: {gone}");
+        assert_eq!(template.runs(), 14);
+    }
+
+    /// Runs `sql` (a prepared statement of one parameter) as carol once per value: the rows of
+    /// each run, and how many runs its template served, if it has one.
+    async fn prepared(
+        session: &UserSession,
+        sql: &str,
+        values: &[ScalarValue],
+    ) -> (Vec<usize>, Option<u64>) {
+        let plans = session.plans().expect("a plan cache");
+        let value = |v: &ScalarValue| ParamValues::List(vec![v.clone().into()]);
+        let text = QueryText::Prepared(sql.to_string());
+        let plan = plan_statement(session, &parse(sql)).await.expect("plans");
+        let mut counts = Vec::new();
+        for v in values {
+            let planned = match plans.get(&text) {
+                Some(cached) => Planned::cached(cached, Some(value(v))),
+                None => Planned::Fresh {
+                    plan: plan.clone(),
+                    text: Some(text.clone()),
+                    params: Some(value(v)),
+                },
+            };
+            counts.push(run(session, planned, sql).await);
+        }
+        let template = plans.get(&text).and_then(|q| q.template.made());
+        (counts, template.map(|t| t.runs()))
+    }
+
+    /// A prepared statement's template takes each value as its placeholder's type, NULL
+    /// included; plans a template cannot serve are planned on every run.
+    #[tokio::test]
+    async fn templates_take_every_value_and_only_plans_they_can_serve() {
+        let (lake, _) = crate::lake::tests::quickstart().await;
+        let carol = lake.identity_of("carol").expect("carol");
+        let session = lake.session(carol, None).await.expect("session");
+        let prepared =
+            async |sql: &str, values: &[ScalarValue]| prepared(&session, sql, values).await;
+        let lookup = "SELECT full_name FROM gtm.hcp WHERE hcp_id = $1";
+        let ids = [Some(7), Some(7), Some(7), None, Some(8), Some(4000)].map(ScalarValue::Int64);
+        assert_eq!(
+            prepared(lookup, &ids).await,
+            (vec![1, 1, 1, 0, 1, 0], Some(4))
+        );
+        // a text value for a column read as Utf8View: bound as the placeholder's type
+        let by_country = "SELECT hcp_id FROM gtm.hcp WHERE country = $1";
+        let countries = [Some("DE"), Some("DE"), Some("DE"), Some("FR"), None]
+            .map(|c| ScalarValue::Utf8(c.map(String::from)));
+        let (counts, runs) = prepared(by_country, &countries).await;
+        let mut planned = Vec::new();
+        for country in ["'DE'", "'DE'", "'DE'", "'FR'", "NULL"] {
+            let sql = format!("SELECT count(*) AS n FROM gtm.hcp WHERE country = {country}");
+            planned.push(as_planned(&session, &sql).await);
+        }
+        let counted = counts.iter().map(|n| format!("| {n} ")).collect::<Vec<_>>();
+        for (n, answer) in counted.iter().zip(&planned) {
+            assert!(answer.contains(n.as_str()), "{n} in {answer}");
+        }
+        assert!(
+            counts[0] > 0 && counts[3] > 0 && counts[4] == 0,
+            "{counts:?}"
+        );
+        assert_eq!(runs, Some(3));
+        for sql in [
+            // two tables
+            "SELECT a.full_name FROM gtm.hcp a JOIN gtm.hcp b ON a.hcp_id = b.hcp_id WHERE a.hcp_id = $1",
+            // a value where a node holds it as a number
+            "SELECT full_name FROM gtm.hcp ORDER BY hcp_id LIMIT $1",
+        ] {
+            let ids = [1, 2, 3].map(|id| ScalarValue::Int64(Some(id)));
+            assert_eq!(prepared(sql, &ids).await.1, None, "{sql}");
+        }
+    }
+
+    /// A table read from its files (keeping tables turned off) gets no template.
+    #[tokio::test]
+    async fn tables_read_from_their_files_get_no_template() {
+        let (lake, _) = crate::lake::tests::quickstart_keeping(Some(0)).await;
+        let carol = lake.identity_of("carol").expect("carol");
+        let session = lake.session(carol, None).await.expect("session");
+        let ids = [1, 2, 3, 4].map(|id| ScalarValue::Int64(Some(id)));
+        let lookup = "SELECT full_name FROM gtm.hcp WHERE hcp_id = $1";
+        assert_eq!(prepared(&session, lookup, &ids).await, (vec![1; 4], None));
     }
 }

@@ -136,6 +136,8 @@ pub struct UserCatalog {
     /// Whether an engine of this user's reports progress (Athena): its plans need the
     /// connection's `Notices` in their planning state.
     reports_progress: bool,
+    /// The planner of `context`, for runs that skip it (`UserSession::runs_here`).
+    planner: Arc<PolicyQueryPlanner>,
 }
 
 /// pg_catalog's schema provider holds the catalog list in which it is registered (and the
@@ -176,6 +178,12 @@ impl UserSession {
     pub fn context_to_change(&self) -> &SessionContext {
         self.own
             .get_or_init(|| SessionContext::new_with_state(self.catalog.context.state()))
+    }
+
+    /// For a plan run without planning it: logs its route as planning does, and says whether
+    /// it runs in the gateway.
+    pub fn runs_here(&self, plan: &LogicalPlan) -> bool {
+        self.catalog.planner.runs_here(plan)
     }
 
     /// The user's plan cache, while this connection plans in the user's shared context (with
@@ -364,7 +372,10 @@ impl Lake {
         }
     }
 
-    fn session_context(&self, planner: PolicyQueryPlanner) -> Result<SessionContext, StartupError> {
+    fn session_context(
+        &self,
+        planner: Arc<PolicyQueryPlanner>,
+    ) -> Result<SessionContext, StartupError> {
         let mut config = SessionConfig::new()
             .with_default_catalog_and_schema(&self.config.database, &self.default_schema)
             // Lakegate's own information_schema (PostgreSQL's shape) replaces DataFusion's.
@@ -388,7 +399,7 @@ impl Lake {
             .with_analyzer_rules(rules)
             // after DataFusion's filter pushdown, which then takes what it moved to the scan
             .with_optimizer_rule(Arc::new(lakegate_policy::PushSafePredicates))
-            .with_query_planner(Arc::new(planner))
+            .with_query_planner(planner)
             .build();
         Ok(SessionContext::new_with_state(state))
     }
@@ -469,8 +480,8 @@ impl Lake {
         token: Option<LoginToken>,
     ) -> Result<UserCatalog, StartupError> {
         let personas = self.policy.personas_of(&identity);
-        let planner = self.planner(&identity, token.clone(), &personas);
-        let context = self.session_context(planner)?;
+        let planner = Arc::new(self.planner(&identity, token.clone(), &personas));
+        let context = self.session_context(planner.clone())?;
         let state = context.state();
         let catalog = Arc::new(MemoryCatalogProvider::new());
         context.register_catalog(&self.config.database, catalog.clone());
@@ -598,6 +609,7 @@ impl Lake {
             task: OnceLock::new(),
             planning: OnceLock::new(),
             reports_progress: self.athena.is_some(),
+            planner,
         })
     }
 }
@@ -615,6 +627,21 @@ struct PolicyQueryPlanner {
 }
 
 impl PolicyQueryPlanner {
+    /// For a plan run without planning (`plan_template`): logs its route as planning does,
+    /// and says whether it runs in the gateway.
+    fn runs_here(&self, plan: &LogicalPlan) -> bool {
+        let tables = PlanTables::of(plan);
+        match self.router.route(&tables, &self.personas) {
+            Route::Local(why) => {
+                if !tables.tables.is_empty() {
+                    self.log_local(&tables.tables, why);
+                }
+                true
+            }
+            Route::Remote { .. } => false,
+        }
+    }
+
     /// One line per query the gateway's engine runs over catalog tables: who, as which role
     /// and SourceIdentity (tables in S3), and why it stayed here.
     fn log_local(&self, tables: &std::collections::BTreeSet<(String, String)>, why: &str) {
@@ -765,7 +792,7 @@ pub(crate) mod tests {
     }
 
     /// `small_tables`: megabytes for small tables, where not the configuration's.
-    async fn quickstart_keeping(small_tables: Option<u64>) -> (Lake, Config) {
+    pub(crate) async fn quickstart_keeping(small_tables: Option<u64>) -> (Lake, Config) {
         let quickstart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart");
         crate::demo::ensure(&quickstart.join("data")).expect("demo data");
         let config = Config::load(&quickstart.join("lakegate.yaml")).expect("config");
@@ -931,7 +958,7 @@ pub(crate) mod tests {
 
     /// The quickstart copied to a folder of its own (its files may change), with `extra`
     /// added to its configuration.
-    async fn quickstart_copy(name: &str, extra: &str) -> (Lake, PathBuf) {
+    pub(crate) async fn quickstart_copy(name: &str, extra: &str) -> (Lake, PathBuf) {
         let quickstart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart");
         crate::demo::ensure(&quickstart.join("data")).expect("demo data");
         let dir = std::env::temp_dir().join(format!("lakegate-{name}-{}", std::process::id()));

@@ -37,6 +37,7 @@ mod peer;
 mod pg_catalog_setup;
 mod pg_compat;
 mod plan_cache;
+mod plan_template;
 mod register;
 mod regproc;
 mod route;

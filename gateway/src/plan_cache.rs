@@ -18,7 +18,9 @@
 //! A query that reads no table (`SELECT 1`, a pool's check that a connection lives) keeps its
 //! physical plan too: physical planning was most of its cost, and a plan of constants only
 //! (`runs_again`) answers the same on every run. A plan that reads anything is planned again
-//! each run, so files are listed and credentials fetched.
+//! each run, so files are listed and credentials fetched; except a generic plan over one small
+//! table kept in memory, whose runs are made from a physical template (`plan_template`), the
+//! table's files listed as a planning lists them.
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,6 +40,8 @@ use datafusion::physical_plan::placeholder_row::PlaceholderRowExec;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::sql::sqlparser::ast::Statement;
+
+use crate::plan_template::{Template, TemplateSlot};
 
 /// The budget of all users' plans by default (`plan_cache_megabytes` in the configuration).
 pub const DEFAULT_MEGABYTES: u64 = 256;
@@ -62,6 +66,8 @@ pub struct CachedQuery {
     pub logical: Arc<LogicalPlan>,
     pub plan: Arc<LogicalPlan>,
     pub physical: Option<Arc<dyn ExecutionPlan>>,
+    /// A generic plan's physical template, made at its first run from the cache.
+    pub template: TemplateSlot,
 }
 
 /// A query ready to run: planned just now (optimized when it runs, and kept for later runs of
@@ -77,6 +83,8 @@ pub enum Planned {
         plan: Arc<LogicalPlan>,
         params: Option<ParamValues>,
         physical: Option<Arc<dyn ExecutionPlan>>,
+        /// Runs with `params` only.
+        template: Option<TemplateSlot>,
     },
 }
 
@@ -105,10 +113,12 @@ impl Planned {
     /// A kept query, to run with `params` (its physical plan only serves runs without).
     pub fn cached(query: CachedQuery, params: Option<ParamValues>) -> Self {
         let physical = query.physical.filter(|_| params.is_none());
+        let template = params.is_some().then_some(query.template);
         Planned::Cached {
             plan: query.plan,
             params,
             physical,
+            template,
         }
     }
 
@@ -126,13 +136,36 @@ impl Planned {
     }
 
     /// What runs: the optimized plan (what the columns are named from) and the physical plan,
-    /// kept or made now; `cache` keeps what may serve the next runs of `statement`'s text.
+    /// kept, made from a template or planned now; `cache` keeps what may serve the next runs
+    /// of `statement`'s text. `runs_here` logs the route of a plan run from a template, as
+    /// planning it would, and says whether it stays in the gateway.
     pub async fn into_physical(
         self,
         state: &SessionState,
         cache: Option<&PlanCache>,
         statement: &Statement,
+        runs_here: &(dyn Fn(&LogicalPlan) -> bool + Sync),
     ) -> Result<(Arc<LogicalPlan>, Arc<dyn ExecutionPlan>)> {
+        let template = match &self {
+            Planned::Cached {
+                plan,
+                params: Some(params),
+                template: Some(slot),
+                ..
+            } => Some((slot.clone(), plan.clone(), params.clone())),
+            _ => None,
+        };
+        if let Some((slot, generic, params)) = &template
+            && let Some(made) = slot.made()
+            && runs_here(generic)
+        {
+            match made.with_values(state, params).await {
+                Ok(Some(physical)) => return Ok((generic.clone(), physical)),
+                Ok(None) => slot.unfit(),
+                // planned as usual: the query meets the error a planning gives it
+                Err(error) => tracing::debug!(%error, "a kept template did not run"),
+            }
+        }
         let kept = self.physical();
         let (optimized, keep) = self.optimize(state)?;
         let physical = match kept {
@@ -146,6 +179,11 @@ impl Planned {
         };
         if let (Some(keep), Some(cache)) = (keep, cache) {
             cache.keep(keep.with_physical(&physical), statement);
+        }
+        if let Some((slot, generic, _)) = template
+            && slot.start()
+        {
+            slot.set(Template::make(&generic, state).await);
         }
         Ok((optimized, physical))
     }
@@ -316,6 +354,7 @@ impl PlanCache {
                 logical: Arc::new(keep.logical),
                 plan: keep.plan,
                 physical: keep.physical,
+                template: TemplateSlot::default(),
             };
             cache.insert((self.owner, keep.text), query);
         }
@@ -346,6 +385,24 @@ fn weight(text: &QueryText, query: &CachedQuery) -> usize {
         + plan_bytes(&query.logical)
         + plan_bytes(&query.plan)
         + query.physical.as_ref().map_or(0, physical_bytes)
+        + template_bytes(&query.plan)
+}
+
+/// A generic plan may get a physical template (`plan_template`) after it was weighed, so it
+/// is weighed as if it had one: a physical node for each logical one.
+fn template_bytes(plan: &LogicalPlan) -> usize {
+    let generic = plan
+        .get_parameter_types()
+        .is_ok_and(|types| !types.is_empty());
+    if !generic {
+        return 0;
+    }
+    let mut nodes = 0;
+    let _ = plan.apply_with_subqueries(|_| {
+        nodes += 1;
+        Ok(TreeNodeRecursion::Continue)
+    });
+    nodes * PHYSICAL_NODE_BYTES
 }
 
 // sqlparser's statements are large structs: `SELECT 1` parses to 10 KB.
@@ -355,8 +412,8 @@ const NODE_BYTES: usize = 512;
 const FIELD_BYTES: usize = 192;
 const EXPR_BYTES: usize = 160;
 
-/// Only plans of constants are kept (`runs_again`): a few small nodes, each with its schema,
-/// properties and metrics.
+/// Only plans of constants are kept (`runs_again`), and templates of small plans: a few small
+/// nodes, each with its schema, properties and metrics.
 const PHYSICAL_NODE_BYTES: usize = 2 << 10;
 
 fn physical_bytes(plan: &Arc<dyn ExecutionPlan>) -> usize {
@@ -553,6 +610,7 @@ mod tests {
             logical: Arc::new(keep.logical),
             plan: keep.plan,
             physical: keep.physical,
+            template: TemplateSlot::default(),
         };
         let held = usize::try_from(live_bytes() - before).unwrap_or(0);
         (held, weight(&keep.text, &query))

@@ -1,0 +1,553 @@
+//! Physical plans of generic plans over a table kept in memory, made again for each run's
+//! values without planning: a prepared point lookup, run over and over with a new id.
+//!
+//! Such a lookup spent over half its time in DataFusion's physical planner, building on every
+//! run the same few nodes around new values. DataFusion's physical plans have no placeholders,
+//! so the template is planned once with each placeholder as a call of `Parameter` (a function
+//! that never runs), and each run builds the nodes again from it: the values in place of the
+//! calls, and a new scan of the table, asked of its provider as a planning would ask it (its
+//! files are listed; a table that changed is read again).
+//!
+//! Only where that gives the plan a planning would: one table, read from memory, beneath
+//! nodes that keep no state between runs, with values only in filters and projections (the
+//! nodes whose expressions are built again here). Any other plan is planned on every run.
+use std::any::Any;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use datafusion::arrow::datatypes::{DataType, FieldRef, SchemaRef};
+use datafusion::catalog::TableProvider;
+use datafusion::common::metadata::ScalarAndMetadata;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{ParamValues, Result, internal_err};
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::datasource::source_as_provider;
+use datafusion::execution::SessionState;
+use datafusion::logical_expr::expr::{Placeholder, ScalarFunction};
+use datafusion::logical_expr::{
+    ColumnarValue, Expr, LogicalPlan, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF,
+    ScalarUDFImpl, Signature, TableProviderFilterPushDown, Volatility,
+};
+use datafusion::physical_expr::expressions::Literal;
+use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
+use datafusion::physical_plan::filter::{FilterExec, FilterExecBuilder};
+use datafusion::physical_plan::limit::{GlobalLimitExec, LocalLimitExec};
+use datafusion::physical_plan::placeholder_row::PlaceholderRowExec;
+use datafusion::physical_plan::projection::{ProjectionExec, ProjectionExpr};
+use datafusion::physical_plan::union::UnionExec;
+use lakegate_policy::PolicyBarrierExec;
+
+/// A generic plan's physical plan, with its values and its table's rows left out.
+#[derive(Debug)]
+pub struct Template {
+    plan: Arc<dyn ExecutionPlan>,
+    table: TableRead,
+    /// Plans made from it.
+    runs: AtomicU64,
+}
+
+/// The one table a template reads, as its scan was planned: what to ask its provider again.
+#[derive(Debug)]
+struct TableRead {
+    provider: Arc<dyn TableProvider>,
+    projection: Option<Vec<usize>>,
+    fetch: Option<usize>,
+    schema: SchemaRef,
+    /// Stands in the template where the scan goes: the rows it read are not kept here, so a
+    /// template never holds a table's old rows in memory.
+    stand_in: Arc<dyn ExecutionPlan>,
+}
+
+impl Template {
+    /// The template of `generic` (optimized, placeholders in it), or none where its runs could
+    /// differ from a planning with their values.
+    pub async fn make(generic: &LogicalPlan, state: &SessionState) -> Option<Template> {
+        let provider = only_table(generic)?;
+        let calls = with_parameter_calls(generic).ok()?;
+        // The session's own planner: it routes (a query for Athena plans to a node no
+        // template takes) and plans the policy barriers.
+        let planned = state
+            .query_planner()
+            .create_physical_plan(&calls, state)
+            .await
+            .ok()?;
+        if !takes(&planned) {
+            return None;
+        }
+        let mut table = None;
+        let plan = without_rows(&planned, provider, &mut table).ok()?;
+        Some(Template {
+            plan,
+            table: table?,
+            runs: AtomicU64::new(0),
+        })
+    }
+
+    /// The plan to run with `params`. `None` where the table is no longer read from memory
+    /// (it changed and outgrew its share, or keeping tables was turned off): this template
+    /// is then of no more use.
+    pub async fn with_values(
+        &self,
+        state: &SessionState,
+        params: &ParamValues,
+    ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+        let read = &self.table;
+        let scan = read
+            .provider
+            .scan(state, read.projection.as_ref(), &[], read.fetch)
+            .await?;
+        if memory_scan(&scan).is_none_or(|_| scan.schema() != read.schema) {
+            return Ok(None);
+        }
+        let plan = self.build(&self.plan, &scan, params)?;
+        if holds_parameters(&plan)? {
+            return internal_err!("a parameter was left unbound in a kept plan");
+        }
+        self.runs.fetch_add(1, Ordering::Relaxed);
+        Ok(Some(plan))
+    }
+
+    /// How many plans were made from this template (for tests).
+    #[cfg(test)]
+    pub fn runs(&self) -> u64 {
+        self.runs.load(Ordering::Relaxed)
+    }
+
+    /// `node` made again, bottom up: each node once, with its children as made for this run.
+    fn build(
+        &self,
+        node: &Arc<dyn ExecutionPlan>,
+        scan: &Arc<dyn ExecutionPlan>,
+        params: &ParamValues,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if Arc::ptr_eq(node, &self.table.stand_in) {
+            return Ok(scan.clone());
+        }
+        let children = node
+            .children()
+            .into_iter()
+            .map(|child| self.build(child, scan, params))
+            .collect::<Result<Vec<_>>>()?;
+        let any: &dyn Any = node.as_ref();
+        if let Some(filter) = any.downcast_ref::<FilterExec>() {
+            let [input] = <[_; 1]>::try_from(children).map_err(|_| {
+                datafusion::error::DataFusionError::Internal("a filter's input".into())
+            })?;
+            let filter = FilterExecBuilder::new(bind(filter.predicate(), params)?, input)
+                .apply_projection(filter.projection().as_ref().map(|p| p.to_vec()))?
+                .with_default_selectivity(filter.default_selectivity())
+                .with_batch_size(filter.batch_size())
+                .with_fetch(filter.fetch())
+                .build()?;
+            return Ok(Arc::new(filter));
+        }
+        if let Some(projection) = any.downcast_ref::<ProjectionExec>() {
+            let [input] = <[_; 1]>::try_from(children).map_err(|_| {
+                datafusion::error::DataFusionError::Internal("a projection's input".into())
+            })?;
+            let exprs = projection
+                .expr()
+                .iter()
+                .map(|e| Ok(ProjectionExpr::new(bind(&e.expr, params)?, e.alias.clone())))
+                .collect::<Result<Vec<_>>>()?;
+            return Ok(Arc::new(ProjectionExec::try_new(exprs, input)?));
+        }
+        if children.is_empty() {
+            // leaves other than the scan (an empty relation, a row of constants) hold no state
+            return Ok(node.clone());
+        }
+        node.clone().replace_children(children, recompute())
+    }
+}
+
+/// The provider of the plan's one table scan (subqueries included), if it has exactly one and
+/// applies none of the filters given to it exactly: DataFusion drops a filter a provider takes
+/// as exact from the plan, and a template's runs scan without filters (all the rows; the plan
+/// above filters them).
+fn only_table(plan: &LogicalPlan) -> Option<Arc<dyn TableProvider>> {
+    let mut scans = Vec::new();
+    plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            let filters: Vec<&Expr> = scan.filters.iter().collect();
+            let provider = source_as_provider(&scan.source).ok().filter(|provider| {
+                provider
+                    .supports_filters_pushdown(&filters)
+                    .is_ok_and(|how| !how.contains(&TableProviderFilterPushDown::Exact))
+            });
+            scans.push(provider);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })
+    .ok()?;
+    match <[_; 1]>::try_from(scans) {
+        Ok([provider]) => provider,
+        Err(_) => None,
+    }
+}
+
+/// The plan with each typed placeholder as a call of its `Parameter`; an error where one has
+/// no type.
+fn with_parameter_calls(plan: &LogicalPlan) -> Result<LogicalPlan> {
+    plan.clone()
+        .transform_up_with_subqueries(|node| {
+            node.map_expressions(|expr| {
+                expr.transform_up(|expr| match expr {
+                    Expr::Placeholder(Placeholder {
+                        id,
+                        field: Some(field),
+                    }) => {
+                        let call = ScalarUDF::new_from_impl(Parameter::new(id, field));
+                        Ok(Transformed::yes(Expr::ScalarFunction(
+                            ScalarFunction::new_udf(Arc::new(call), vec![]),
+                        )))
+                    }
+                    Expr::Placeholder(Placeholder { id, field: None }) => {
+                        internal_err!("parameter {id} has no type")
+                    }
+                    other => Ok(Transformed::no(other)),
+                })
+            })
+        })
+        .map(|t| t.data)
+}
+
+/// Whether a template may be made of `plan`: every node one that keeps no state between runs
+/// and is built again here, one scan of kept rows, and values nowhere but in filters and
+/// projections.
+fn takes(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    let mut scans = 0;
+    let mut fits = true;
+    let _ = plan.apply(|node| {
+        let any: &dyn Any = node.as_ref();
+        let rebuilt = any.is::<FilterExec>() || any.is::<ProjectionExec>();
+        let passes = any.is::<PolicyBarrierExec>()
+            || any.is::<CoalescePartitionsExec>()
+            || any.is::<GlobalLimitExec>()
+            || any.is::<LocalLimitExec>()
+            || any.is::<UnionExec>()
+            || any.is::<EmptyExec>()
+            || any.is::<PlaceholderRowExec>();
+        let scan = memory_scan(node).is_some_and(|m| m.sort_information().is_empty());
+        scans += usize::from(scan);
+        fits = rebuilt || ((passes || scan) && !node_holds_parameters(node.as_ref()));
+        Ok(if fits {
+            TreeNodeRecursion::Continue
+        } else {
+            TreeNodeRecursion::Stop
+        })
+    });
+    fits && scans == 1
+}
+
+fn memory_scan(node: &Arc<dyn ExecutionPlan>) -> Option<&MemorySourceConfig> {
+    let any: &dyn Any = node.as_ref();
+    let source: &dyn Any = any.downcast_ref::<DataSourceExec>()?.data_source().as_ref();
+    source.downcast_ref::<MemorySourceConfig>()
+}
+
+/// The template: `plan` with its scan's rows replaced by a stand-in, and what the scan read.
+fn without_rows(
+    plan: &Arc<dyn ExecutionPlan>,
+    provider: Arc<dyn TableProvider>,
+    table: &mut Option<TableRead>,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    if let Some(memory) = memory_scan(plan) {
+        let schema = plan.schema();
+        let stand_in: Arc<dyn ExecutionPlan> = Arc::new(EmptyExec::new(schema.clone()));
+        *table = Some(TableRead {
+            provider,
+            projection: memory.projection().clone(),
+            fetch: datafusion::datasource::source::DataSource::fetch(memory),
+            schema,
+            stand_in: stand_in.clone(),
+        });
+        return Ok(stand_in);
+    }
+    let children = plan
+        .children()
+        .into_iter()
+        .map(|child| without_rows(child, provider.clone(), table))
+        .collect::<Result<Vec<_>>>()?;
+    if children.is_empty() {
+        return Ok(plan.clone());
+    }
+    plan.clone().replace_children(children, recompute())
+}
+
+/// New children: the node's properties computed again for them.
+fn recompute() -> ReplaceChildrenOptions {
+    ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute)
+}
+
+/// `expr` with each parameter's call replaced by its value, as the type it was planned with.
+fn bind(expr: &Arc<dyn PhysicalExpr>, params: &ParamValues) -> Result<Arc<dyn PhysicalExpr>> {
+    expr.clone()
+        .transform_up(|expr| {
+            let Some(parameter) = parameter_of(expr.as_ref()) else {
+                return Ok(Transformed::no(expr));
+            };
+            let given = params.get_placeholders_with_values(&parameter.id)?;
+            let value = value_as(&given, parameter.field.data_type())?;
+            Ok(Transformed::yes(
+                Arc::new(Literal::new_with_metadata(value.value, value.metadata))
+                    as Arc<dyn PhysicalExpr>,
+            ))
+        })
+        .map(|t| t.data)
+}
+
+/// A value as the type its placeholder was planned with (as `plan_cache::bind` binds them).
+fn value_as(given: &ScalarAndMetadata, planned: &DataType) -> Result<ScalarAndMetadata> {
+    if &given.value.data_type() == planned {
+        return Ok(given.clone());
+    }
+    Ok(ScalarAndMetadata {
+        value: given.value.cast_to(planned)?,
+        metadata: given.metadata.clone(),
+    })
+}
+
+fn parameter_of(expr: &dyn PhysicalExpr) -> Option<&Parameter> {
+    let any: &dyn Any = expr;
+    let call = any.downcast_ref::<ScalarFunctionExpr>()?;
+    let function: &dyn Any = call.fun().inner().as_ref();
+    function.downcast_ref::<Parameter>()
+}
+
+fn node_holds_parameters(node: &dyn ExecutionPlan) -> bool {
+    let mut found = false;
+    let _ = node.apply_expressions(&mut |expr| {
+        let _ = expr.apply(|e| {
+            found |= parameter_of(e.as_ref()).is_some();
+            Ok(if found {
+                TreeNodeRecursion::Stop
+            } else {
+                TreeNodeRecursion::Continue
+            })
+        });
+        Ok(if found {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
+    });
+    found
+}
+
+fn holds_parameters(plan: &Arc<dyn ExecutionPlan>) -> Result<bool> {
+    let mut found = false;
+    plan.apply(|node| {
+        found = node_holds_parameters(node.as_ref());
+        Ok(if found {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
+    })?;
+    Ok(found)
+}
+
+/// A placeholder in a template: named as the placeholder (so columns are named as in the
+/// plan with values), typed as it was planned. It never runs: each run puts its value there.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Parameter {
+    id: String,
+    field: FieldRef,
+    signature: Signature,
+}
+
+impl Parameter {
+    fn new(id: String, field: FieldRef) -> Parameter {
+        Parameter {
+            id,
+            field,
+            // volatile: nothing may fold it, or move it where this module does not look
+            signature: Signature::nullary(Volatility::Volatile),
+        }
+    }
+}
+
+impl ScalarUDFImpl for Parameter {
+    fn name(&self) -> &str {
+        "lakegate_parameter"
+    }
+
+    fn display_name(&self, _args: &[Expr]) -> Result<String> {
+        Ok(self.id.clone())
+    }
+
+    fn schema_name(&self, _args: &[Expr]) -> Result<String> {
+        Ok(self.id.clone())
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(self.field.data_type().clone())
+    }
+
+    fn return_field_from_args(&self, _args: ReturnFieldArgs) -> Result<FieldRef> {
+        Ok(self.field.clone())
+    }
+
+    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        internal_err!("parameter {} ran without its value", self.id)
+    }
+}
+
+/// What a cached generic plan knows of its template: none tried yet, one being made (by the
+/// run that first needed it; others plan as before meanwhile), made, or none to be had.
+#[derive(Debug, Default)]
+enum Slot {
+    #[default]
+    Untried,
+    Making,
+    Made(Arc<Template>),
+    Unfit,
+}
+
+/// A cached plan's template, shared by every run of it.
+#[derive(Debug, Default, Clone)]
+pub struct TemplateSlot(Arc<Mutex<Slot>>);
+
+impl TemplateSlot {
+    pub fn made(&self) -> Option<Arc<Template>> {
+        match &*self.lock() {
+            Slot::Made(template) => Some(template.clone()),
+            _ => None,
+        }
+    }
+
+    /// Whether the caller is to make the template (nobody has tried yet).
+    pub fn start(&self) -> bool {
+        let mut slot = self.lock();
+        let untried = matches!(*slot, Slot::Untried);
+        if untried {
+            *slot = Slot::Making;
+        }
+        untried
+    }
+
+    pub fn set(&self, template: Option<Template>) {
+        *self.lock() = template.map_or(Slot::Unfit, |t| Slot::Made(Arc::new(t)));
+    }
+
+    /// The template no longer fits its table (see `Template::with_values`).
+    pub fn unfit(&self) {
+        *self.lock() = Slot::Unfit;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slot> {
+        // a panic while holding this lock leaves a valid slot
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_trait::async_trait;
+    use datafusion::arrow::array::{Int64Array, RecordBatch};
+    use datafusion::arrow::datatypes::{Field, Schema};
+    use datafusion::catalog::Session;
+    use datafusion::common::ScalarValue;
+    use datafusion::datasource::MemTable;
+    use datafusion::logical_expr::TableType;
+    use datafusion::prelude::SessionContext;
+
+    /// A table of `n` 1..=3 that says it applies filters itself, exactly (and does not).
+    #[derive(Debug)]
+    struct Exact(MemTable);
+
+    #[async_trait]
+    impl TableProvider for Exact {
+        fn schema(&self) -> SchemaRef {
+            self.0.schema()
+        }
+
+        fn table_type(&self) -> TableType {
+            TableType::Base
+        }
+
+        fn supports_filters_pushdown(
+            &self,
+            filters: &[&Expr],
+        ) -> Result<Vec<TableProviderFilterPushDown>> {
+            Ok(vec![TableProviderFilterPushDown::Exact; filters.len()])
+        }
+
+        async fn scan(
+            &self,
+            state: &dyn Session,
+            projection: Option<&Vec<usize>>,
+            filters: &[Expr],
+            limit: Option<usize>,
+        ) -> Result<Arc<dyn ExecutionPlan>> {
+            self.0.scan(state, projection, filters, limit).await
+        }
+    }
+
+    fn numbers() -> MemTable {
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+        let column = Arc::new(Int64Array::from(vec![1, 2, 3]));
+        let batch = RecordBatch::try_new(schema.clone(), vec![column]).expect("batch");
+        MemTable::try_new(schema, vec![vec![batch]]).expect("table")
+    }
+
+    async fn template_of(provider: Arc<dyn TableProvider>) -> (SessionState, Option<Template>) {
+        let context = SessionContext::new();
+        context.register_table("t", provider).expect("registered");
+        let state = context.state();
+        let plan = state
+            .create_logical_plan("SELECT n FROM t WHERE n = $1")
+            .await
+            .expect("plans");
+        let generic = state.optimize(&plan).expect("optimizes");
+        let template = Template::make(&generic, &state).await;
+        (state, template)
+    }
+
+    /// A memory table's lookup runs from its template, one value per run; a table that applies
+    /// filters exactly would lose its filter in a template, and gets none.
+    #[tokio::test]
+    async fn a_template_binds_each_run_and_never_drops_a_filter() {
+        let (state, template) = template_of(Arc::new(numbers())).await;
+        let template = template.expect("a template");
+        for n in [1, 3, 4] {
+            let params = ParamValues::List(vec![ScalarValue::Int64(Some(n)).into()]);
+            let plan = template
+                .with_values(&state, &params)
+                .await
+                .expect("made")
+                .expect("the table is in memory");
+            let batches = datafusion::physical_plan::collect(plan, state.task_ctx())
+                .await
+                .expect("runs");
+            let found: Vec<i64> = batches
+                .iter()
+                .flat_map(|b| {
+                    b.column(0)
+                        .as_any()
+                        .downcast_ref::<Int64Array>()
+                        .expect("numbers")
+                        .values()
+                        .to_vec()
+                })
+                .collect();
+            let expected: Vec<i64> = (1..=3).filter(|&m| m == n).collect();
+            assert_eq!(found, expected, "n = {n}");
+        }
+        assert_eq!(template.runs(), 3);
+        let (_, exact) = template_of(Arc::new(Exact(numbers()))).await;
+        assert!(exact.is_none(), "no template drops a filter");
+    }
+}
