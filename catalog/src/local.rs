@@ -236,6 +236,7 @@ impl LocalCatalog {
         let name = format!("{database}.{}", table.name);
         Ok(Arc::new(SmallTable::new(
             name,
+            self.resolve_location(&table.location),
             listing,
             self.small_tables.clone(),
         )))
@@ -413,5 +414,68 @@ mod tests {
         assert_eq!(reads, 1, "read once, then kept");
         assert!(changed.contains("| y,z,w | 9 |"), "{changed}");
         assert_eq!(kept.small_tables().kept_tables().await, 1);
+    }
+
+    /// A kept table answers as its files do through every change to its folder, seen by
+    /// looking at the folder rather than listing it; a file that is not the table's is no
+    /// reason to read the table again.
+    #[tokio::test]
+    async fn a_kept_table_follows_every_change_to_its_folder() {
+        let dir = std::env::temp_dir().join(format!("lakegate-kept-folder-{}", std::process::id()));
+        let data = dir.join("t");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&data).expect("folder");
+        std::fs::write(data.join("part-0.csv"), "s,n\nx,1\ny,2\n").expect("csv");
+        let yaml = "databases:\n  - name: d\n    tables:\n      - name: t\n        location: t\n        \
+                    format: csv\n        columns:\n          - { name: s, type: string }\n          \
+                    - { name: n, type: bigint }\n";
+        let local = |megabytes| LocalCatalog {
+            catalog: serde_saphyr::from_str(yaml).expect("catalog yaml"),
+            base_dir: dir.clone(),
+            file_statistics: file_statistics_cache(),
+            small_tables: Arc::new(SmallTables::new(megabytes)),
+        };
+        let (kept, files) = (local(8), local(0));
+        let answer = |local: &LocalCatalog| {
+            let table = &local.catalog.databases[0].tables[0];
+            let provider = local.table_provider("d", table, None).expect("provider");
+            async move {
+                let reader = datafusion::prelude::SessionContext::new();
+                reader.register_table("t", provider).expect("registered");
+                shown(&reader, "SELECT count(*) AS rows, sum(n) AS n FROM t").await
+            }
+        };
+        let mut answers = vec![(answer(&kept).await, answer(&files).await)];
+        answers.push((answer(&kept).await, answer(&files).await));
+        // not the table's: the table stays as read
+        std::fs::write(data.join("_SUCCESS"), "").expect("marker");
+        answers.push((answer(&kept).await, answer(&files).await));
+        answers.push((answer(&kept).await, answer(&files).await));
+        let reads_after_marker = kept.small_tables().reads();
+        let changes: [&dyn Fn(); 4] = [
+            &|| std::fs::write(data.join("part-1.csv"), "s,n\nz,3\n").expect("added"),
+            &|| {
+                std::fs::create_dir_all(data.join("sub")).expect("subfolder");
+                std::fs::write(data.join("sub/part-2.csv"), "s,n\nw,4\n").expect("nested");
+            },
+            &|| std::fs::write(data.join("part-1.csv"), "s,n\nz,30\n").expect("rewritten"),
+            &|| std::fs::remove_file(data.join("part-0.csv")).expect("removed"),
+        ];
+        for change in changes {
+            change();
+            answers.push((answer(&kept).await, answer(&files).await));
+            answers.push((answer(&kept).await, answer(&files).await));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(answers[0].0.contains("| 2    | 3 |"), "{}", answers[0].0);
+        for (step, (from_memory, from_files)) in answers.iter().enumerate() {
+            assert_eq!(from_memory, from_files, "step {step}");
+        }
+        assert_eq!(
+            reads_after_marker, 1,
+            "read once: the marker is not the table's"
+        );
+        let last = &answers[answers.len() - 1].0;
+        assert!(last.contains("| 30 |") || last.contains("| 34 |"), "{last}");
     }
 }

@@ -7,10 +7,17 @@
 //! lists the table's files (as `file_listing_seconds` says), and the kept batches are used
 //! only while every file's path, size and modification time are those they were read from.
 //!
+//! Listing the folder through DataFusion (object_store's local store walks it on a blocking
+//! thread) became most of a kept lookup's cost, so a scan first looks at the folder itself:
+//! every entry under it, with its size and modification time, taken before the listing a read
+//! or a check was made from. While that is unchanged, so is anything a listing would find, and
+//! the kept batches serve without a listing.
+//!
 //! Only local folders: a table in S3 is read with each user's own AWS role, and a copy shared
 //! by all users would read past those roles. Policy is unchanged: the kept batches are the
 //! raw table, which only the policy rewrite scans, beneath the masks and row filters.
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -58,6 +65,8 @@ impl fmt::Debug for SmallTables {
 /// One table as last read.
 struct Kept {
     files: Vec<FileStamp>,
+    /// The folder as it was before `files` were listed (`Folder::look`), if it could be taken.
+    folder: Option<Folder>,
     /// `Ok(None)`: the table decoded larger than a table may take; it is read from its files.
     /// An error is given to the queries that waited for this read, and the next query reads
     /// the table again.
@@ -87,6 +96,39 @@ impl FileStamp {
             size: meta.size,
             modified_nanos: meta.last_modified.timestamp_nanos_opt(),
         }
+    }
+}
+
+/// Every entry under a table's folder, subfolders included, as the file system gives it: a
+/// file added, removed, renamed or written anywhere in it changes this.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Folder(Vec<(PathBuf, u64, Option<std::time::SystemTime>)>);
+
+/// More entries than this, and a folder is only looked at through its listing: looking is
+/// done on the query's own thread, and must stay short.
+const MOST_ENTRIES_LOOKED_AT: usize = 64;
+
+impl Folder {
+    /// The folder as it is now; none where it cannot be taken whole and briefly: an error,
+    /// a symbolic link (the listing may follow it anywhere), or too many entries.
+    fn look(root: &Path) -> Option<Folder> {
+        let mut entries = Vec::new();
+        let mut folders = vec![root.to_path_buf()];
+        while let Some(folder) = folders.pop() {
+            for entry in std::fs::read_dir(&folder).ok()? {
+                let entry = entry.ok()?;
+                let meta = entry.metadata().ok()?;
+                if meta.file_type().is_symlink() || entries.len() >= MOST_ENTRIES_LOOKED_AT {
+                    return None;
+                }
+                if meta.is_dir() {
+                    folders.push(entry.path());
+                }
+                entries.push((entry.path(), meta.len(), meta.modified().ok()));
+            }
+        }
+        entries.sort();
+        Some(Folder(entries))
     }
 }
 
@@ -136,6 +178,8 @@ fn batch_bytes(batch: &RecordBatch) -> u64 {
 pub struct SmallTable {
     /// `database.table`: the key of its kept batches.
     name: String,
+    /// The local folder the table's files are in.
+    folder: PathBuf,
     files: Arc<ListingTable>,
     kept: Arc<SmallTables>,
 }
@@ -147,9 +191,15 @@ impl fmt::Debug for SmallTable {
 }
 
 impl SmallTable {
-    pub fn new(name: String, files: ListingTable, kept: Arc<SmallTables>) -> SmallTable {
+    pub fn new(
+        name: String,
+        folder: PathBuf,
+        files: ListingTable,
+        kept: Arc<SmallTables>,
+    ) -> SmallTable {
         SmallTable {
             name,
+            folder,
             files: Arc::new(files),
             kept,
         }
@@ -168,7 +218,12 @@ impl SmallTable {
     }
 
     /// The whole table, read from its files, as `files` listed them.
-    async fn read(&self, state: &dyn Session, files: Vec<FileStamp>) -> Arc<Kept> {
+    async fn read(
+        &self,
+        state: &dyn Session,
+        files: Vec<FileStamp>,
+        folder: Option<Folder>,
+    ) -> Arc<Kept> {
         self.kept
             .reads
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -195,7 +250,11 @@ impl SmallTable {
             }
             Err(e) => Err(Arc::new(e)),
         };
-        Arc::new(Kept { files, batches })
+        Arc::new(Kept {
+            files,
+            folder,
+            batches,
+        })
     }
 }
 
@@ -233,6 +292,15 @@ impl TableProvider for SmallTable {
         if !self.kept.enabled() {
             return self.files.scan(state, projection, filters, limit).await;
         }
+        // Taken before the listing below: a change after it shows in the next look.
+        let folder = Folder::look(&self.folder);
+        if let Some(kept) = self.kept.kept.get(&self.name).await
+            && folder.is_some()
+            && kept.folder == folder
+            && let Ok(Some(batches)) = &kept.batches
+        {
+            return self.memory_scan(batches, projection, limit);
+        }
         let listed = self.files.list_files_for_scan(state, &[], None).await?;
         let mut files: Vec<FileStamp> = listed
             .file_groups
@@ -249,11 +317,24 @@ impl TableProvider for SmallTable {
             .kept
             .kept
             .entry_by_ref(&self.name)
-            .or_insert_with_if(self.read(state, files.clone()), |kept| {
+            .or_insert_with_if(self.read(state, files.clone(), folder.clone()), |kept| {
                 kept.files != files || kept.batches.is_err()
             })
             .await
             .into_value();
+        if kept.files == files && kept.folder != folder {
+            // Same files, the folder changed around them (or was not taken): the next scans
+            // look for this folder.
+            let looked = Kept {
+                files,
+                folder,
+                batches: kept.batches.clone(),
+            };
+            self.kept
+                .kept
+                .insert(self.name.clone(), Arc::new(looked))
+                .await;
+        }
         match &kept.batches {
             Ok(Some(batches)) => self.memory_scan(batches, projection, limit),
             Ok(None) => self.files.scan(state, projection, filters, limit).await,
