@@ -80,10 +80,16 @@ impl LocalCatalog {
         }
     }
 
-    /// The memory for small tables kept decoded (see `small_tables`); 0 keeps none. Applies
-    /// to the table providers made after it.
-    pub fn keep_small_tables(&mut self, megabytes: u64) {
-        self.small_tables = Arc::new(SmallTables::new(megabytes));
+    /// The memory for small tables kept decoded (see `small_tables`); 0 keeps none.
+    /// `listing_seconds`: how long a table's file listing is kept (0: listed on every scan).
+    /// Applies to the table providers made after it.
+    pub fn keep_small_tables(&mut self, megabytes: u64, listing_seconds: u64) {
+        let tables = SmallTables::new(megabytes);
+        let tables = match listing_seconds {
+            0 => tables,
+            _ => tables.listing_kept(),
+        };
+        self.small_tables = Arc::new(tables);
     }
 
     /// The small tables kept decoded (for tests).

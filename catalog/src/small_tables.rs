@@ -49,6 +49,10 @@ pub struct SmallTables {
     max_table_bytes: u64,
     /// How many times a table was read into memory (for tests).
     reads: std::sync::atomic::AtomicU64,
+    /// Whether a scan may look at a table's folder instead of listing it: only while every
+    /// scan's listing is fresh. A kept listing (`file_listing_seconds`) can be older than the
+    /// folder, and a look recorded beside it would then keep old rows after it expires.
+    look_at_folders: bool,
 }
 
 impl fmt::Debug for SmallTables {
@@ -148,7 +152,14 @@ impl SmallTables {
             kept,
             max_table_bytes: megabytes.saturating_mul(1024 * 1024) / SHARE_OF_BUDGET,
             reads: Default::default(),
+            look_at_folders: true,
         }
+    }
+
+    /// For scans whose listings are kept a while: tables are checked by their listing only.
+    pub fn listing_kept(mut self) -> SmallTables {
+        self.look_at_folders = false;
+        self
     }
 
     fn enabled(&self) -> bool {
@@ -293,7 +304,11 @@ impl TableProvider for SmallTable {
             return self.files.scan(state, projection, filters, limit).await;
         }
         // Taken before the listing below: a change after it shows in the next look.
-        let folder = Folder::look(&self.folder);
+        let folder = if self.kept.look_at_folders {
+            Folder::look(&self.folder)
+        } else {
+            None
+        };
         if let Some(kept) = self.kept.kept.get(&self.name).await
             && folder.is_some()
             && kept.folder == folder

@@ -798,7 +798,7 @@ pub(crate) mod tests {
         let config = Config::load(&quickstart.join("lakegate.yaml")).expect("config");
         let (mut catalog, _) = crate::load_catalog(&config, None).await.expect("catalog");
         if let Some(megabytes) = small_tables {
-            catalog.keep_small_tables(megabytes);
+            catalog.keep_small_tables(megabytes, config.file_listing_seconds);
         }
         let policy = crate::load_policy(&config.policy).expect("policy");
         let lake = Lake::new(Arc::new(config.clone()), catalog, policy, None).expect("lake");
@@ -1166,5 +1166,31 @@ pub(crate) mod tests {
             after_add.contains("| 2000 |"),
             "the listing was kept: {after_add}"
         );
+    }
+
+    /// A kept listing expires, and the table's new files are read then: queries made while
+    /// it was kept did not make the old rows outlive it.
+    #[tokio::test]
+    async fn new_files_are_read_once_a_kept_listing_expires() {
+        let (lake, dir) = quickstart_copy("listing-expires", "file_listing_seconds: 1").await;
+        let count = "SELECT count(*) AS n FROM gtm.hcp";
+        let before = carols_answer(&lake, count).await;
+        let folder = dir.join("data/gtm/hcp");
+        std::fs::copy(folder.join("part-0.parquet"), folder.join("part-1.parquet")).expect("add");
+        let within = carols_answer(&lake, count).await;
+        // polled: the listing is kept one second, so the count changes within a few
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut after = carols_answer(&lake, count).await;
+        while !after.contains("| 4000 |") && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            after = carols_answer(&lake, count).await;
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(before.contains("| 2000 |"), "{before}");
+        assert!(
+            within.contains("| 2000 |"),
+            "the listing was kept: {within}"
+        );
+        assert!(after.contains("| 4000 |"), "read once it expired: {after}");
     }
 }

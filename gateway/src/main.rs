@@ -455,7 +455,10 @@ async fn load_catalog(
         Some(path) => LocalCatalog::load(path).map_err(|e| e.to_string())?,
         None => LocalCatalog::empty(),
     };
-    catalog.keep_small_tables(config.small_table_cache_megabytes);
+    catalog.keep_small_tables(
+        config.small_table_cache_megabytes,
+        config.file_listing_seconds,
+    );
     let mut skipped = Vec::new();
     if let Some(glue) = &config.glue {
         let Some(aws) = aws else {
