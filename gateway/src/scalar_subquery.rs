@@ -48,6 +48,11 @@ const AGGREGATES: &[&str] = &[
 /// The statements with every select-list scalar subquery parenthesized, or None if nothing
 /// changed or the text does not parse here (then it goes on unchanged).
 pub fn protect(sql: &str) -> Option<String> {
+    // A subquery is always in parentheses: a text without any (a point lookup) is not
+    // parsed a second time.
+    if !sql.contains('(') {
+        return None;
+    }
     let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
     let mut reads_lake = false;
     for statement in &statements {
