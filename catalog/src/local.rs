@@ -377,36 +377,47 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A folder of its own holding table `t`'s folder with one CSV file of `rows`.
+    fn csv_folder(name: &str, rows: &str) -> (PathBuf, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("lakegate-{name}-{}", std::process::id()));
+        let data = dir.join("t");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&data).expect("folder");
+        std::fs::write(data.join("part-0.csv"), rows).expect("csv");
+        (dir, data)
+    }
+
+    /// A catalog of the CSV table `d.t` (`s` string, `n` bigint) in `dir`, keeping small
+    /// tables within `megabytes` (0: read from the files every time).
+    fn csv_catalog(dir: &Path, megabytes: u64) -> LocalCatalog {
+        let yaml = "databases:\n  - name: d\n    tables:\n      - name: t\n        location: t\n        \
+                    format: csv\n        columns:\n          - { name: s, type: string }\n          \
+                    - { name: n, type: bigint }\n";
+        LocalCatalog {
+            catalog: serde_saphyr::from_str(yaml).expect("catalog yaml"),
+            base_dir: dir.to_path_buf(),
+            file_statistics: file_statistics_cache(),
+            small_tables: Arc::new(SmallTables::new(megabytes)),
+        }
+    }
+
+    /// `sql`'s answer over `local`'s table `t`, from a new provider.
+    async fn csv_answer(local: &LocalCatalog, sql: &str) -> String {
+        let table = &local.catalog.databases[0].tables[0];
+        let provider = local.table_provider("d", table, None).expect("provider");
+        let reader = datafusion::prelude::SessionContext::new();
+        reader.register_table("t", provider).expect("registered");
+        shown(&reader, sql).await
+    }
+
     /// A CSV table kept in memory answers as its file does, and is read again when the file
     /// changes (the gateway's tests cover Parquet).
     #[tokio::test]
     async fn a_kept_csv_table_answers_as_its_file() {
-        let dir = std::env::temp_dir().join(format!("lakegate-kept-csv-{}", std::process::id()));
-        let data = dir.join("t");
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&data).expect("folder");
-        std::fs::write(data.join("part-0.csv"), "s,n\nx,1\ny,2\nz,3\n").expect("csv");
-        let yaml = "databases:\n  - name: d\n    tables:\n      - name: t\n        location: t\n        \
-                    format: csv\n        columns:\n          - { name: s, type: string }\n          \
-                    - { name: n, type: bigint }\n";
-        let local = |megabytes| LocalCatalog {
-            catalog: serde_saphyr::from_str(yaml).expect("catalog yaml"),
-            base_dir: dir.clone(),
-            file_statistics: file_statistics_cache(),
-            small_tables: Arc::new(SmallTables::new(megabytes)),
-        };
-        let (kept, files) = (local(8), local(0));
-        let answer = |local: &LocalCatalog| {
-            let table = &local.catalog.databases[0].tables[0];
-            let provider = local.table_provider("d", table, None).expect("provider");
-            async move {
-                let reader = datafusion::prelude::SessionContext::new();
-                reader.register_table("t", provider).expect("registered");
-                let sql =
-                    "SELECT string_agg(s, ',' ORDER BY n) AS s, sum(n) AS n FROM t WHERE n > 1";
-                shown(&reader, sql).await
-            }
-        };
+        let (dir, data) = csv_folder("kept-csv", "s,n\nx,1\ny,2\nz,3\n");
+        let (kept, files) = (csv_catalog(&dir, 8), csv_catalog(&dir, 0));
+        let sql = "SELECT string_agg(s, ',' ORDER BY n) AS s, sum(n) AS n FROM t WHERE n > 1";
+        let answer = |local| csv_answer(local, sql);
         let first = answer(&kept).await;
         let again = answer(&kept).await;
         let from_files = answer(&files).await;
@@ -427,30 +438,9 @@ mod tests {
     /// reason to read the table again.
     #[tokio::test]
     async fn a_kept_table_follows_every_change_to_its_folder() {
-        let dir = std::env::temp_dir().join(format!("lakegate-kept-folder-{}", std::process::id()));
-        let data = dir.join("t");
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&data).expect("folder");
-        std::fs::write(data.join("part-0.csv"), "s,n\nx,1\ny,2\n").expect("csv");
-        let yaml = "databases:\n  - name: d\n    tables:\n      - name: t\n        location: t\n        \
-                    format: csv\n        columns:\n          - { name: s, type: string }\n          \
-                    - { name: n, type: bigint }\n";
-        let local = |megabytes| LocalCatalog {
-            catalog: serde_saphyr::from_str(yaml).expect("catalog yaml"),
-            base_dir: dir.clone(),
-            file_statistics: file_statistics_cache(),
-            small_tables: Arc::new(SmallTables::new(megabytes)),
-        };
-        let (kept, files) = (local(8), local(0));
-        let answer = |local: &LocalCatalog| {
-            let table = &local.catalog.databases[0].tables[0];
-            let provider = local.table_provider("d", table, None).expect("provider");
-            async move {
-                let reader = datafusion::prelude::SessionContext::new();
-                reader.register_table("t", provider).expect("registered");
-                shown(&reader, "SELECT count(*) AS rows, sum(n) AS n FROM t").await
-            }
-        };
+        let (dir, data) = csv_folder("kept-folder", "s,n\nx,1\ny,2\n");
+        let (kept, files) = (csv_catalog(&dir, 8), csv_catalog(&dir, 0));
+        let answer = |local| csv_answer(local, "SELECT count(*) AS rows, sum(n) AS n FROM t");
         let mut answers = vec![(answer(&kept).await, answer(&files).await)];
         answers.push((answer(&kept).await, answer(&files).await));
         // not the table's: the table stays as read

@@ -1065,6 +1065,21 @@ pub(crate) mod tests {
         assert_eq!(mended.lines().count(), 5, "{mended}");
     }
 
+    /// Rewrites the quickstart copy's `hcp` file in place with its first `rows` rows only.
+    pub(crate) async fn keep_first_hcps(dir: &Path, rows: usize) {
+        let file = dir.join("data/gtm/hcp/part-0.parquet");
+        let smaller = dir.join("smaller.parquet");
+        let copy = format!(
+            "COPY (SELECT * FROM '{}' ORDER BY hcp_id LIMIT {rows}) TO '{}' STORED AS PARQUET",
+            file.display(),
+            smaller.display()
+        );
+        let writer = SessionContext::new().enable_url_table();
+        let written = writer.sql(&copy).await.expect("copy");
+        written.collect().await.expect("written");
+        std::fs::rename(&smaller, &file).expect("rewritten");
+    }
+
     /// A small table is read from its files once and then from memory, until a file of it
     /// changes: added and removed files (above) and a file rewritten in place are read anew.
     #[tokio::test]
@@ -1080,22 +1095,7 @@ pub(crate) mod tests {
         );
         let again = carols_answer(&lake, lookup).await;
         // the file rewritten in place with its first five rows only
-        let file = dir.join("data/gtm/hcp/part-0.parquet");
-        let smaller = dir.join("smaller.parquet");
-        let writer = SessionContext::new().enable_url_table();
-        let copy = format!(
-            "COPY (SELECT * FROM '{}' ORDER BY hcp_id LIMIT 5) TO '{}' STORED AS PARQUET",
-            file.display(),
-            smaller.display()
-        );
-        writer
-            .sql(&copy)
-            .await
-            .expect("copy")
-            .collect()
-            .await
-            .expect("written");
-        std::fs::rename(&smaller, &file).expect("rewritten");
+        keep_first_hcps(&dir, 5).await;
         let rewritten = carols_answer(&lake, lookup).await;
         let _ = std::fs::remove_dir_all(&dir);
         assert!(first.contains("| 10 |"), "{first}");
