@@ -448,17 +448,21 @@ fn reads_a_table(plan: &LogicalPlan) -> bool {
 /// runs (no files to list again, no credentials, no dynamic filters, generators or shared
 /// channels). DataFusion's other nodes, and Lakegate's, are planned each run.
 fn runs_again(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    keeps_no_state(plan.as_ref()) && plan.children().into_iter().all(runs_again)
+}
+
+/// Whether a node is one of DataFusion's that read nothing and keep no state between runs.
+pub fn keeps_no_state(node: &dyn ExecutionPlan) -> bool {
     // The node's own type: a wrapper that answers `is` for the node it wraps is not that node.
-    let node: &dyn std::any::Any = plan.as_ref();
-    let stateless = node.is::<ProjectionExec>()
+    let node: &dyn std::any::Any = node;
+    node.is::<ProjectionExec>()
         || node.is::<PlaceholderRowExec>()
         || node.is::<EmptyExec>()
         || node.is::<FilterExec>()
         || node.is::<UnionExec>()
         || node.is::<GlobalLimitExec>()
         || node.is::<LocalLimitExec>()
-        || node.is::<CoalescePartitionsExec>();
-    stateless && plan.children().into_iter().all(runs_again)
+        || node.is::<CoalescePartitionsExec>()
 }
 
 fn plan_bytes(plan: &LogicalPlan) -> usize {

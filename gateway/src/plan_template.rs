@@ -32,15 +32,13 @@ use datafusion::logical_expr::{
 use datafusion::physical_expr::expressions::Literal;
 use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
 use datafusion::physical_plan::filter::{FilterExec, FilterExecBuilder};
-use datafusion::physical_plan::limit::{GlobalLimitExec, LocalLimitExec};
-use datafusion::physical_plan::placeholder_row::PlaceholderRowExec;
 use datafusion::physical_plan::projection::{ProjectionExec, ProjectionExpr};
-use datafusion::physical_plan::union::UnionExec;
 use lakegate_policy::PolicyBarrierExec;
+
+use crate::plan_cache::keeps_no_state;
 
 /// A generic plan's physical plan, with its values and its table's rows left out.
 #[derive(Debug)]
@@ -225,13 +223,7 @@ fn takes(plan: &Arc<dyn ExecutionPlan>) -> bool {
     let _ = plan.apply(|node| {
         let any: &dyn Any = node.as_ref();
         let rebuilt = any.is::<FilterExec>() || any.is::<ProjectionExec>();
-        let passes = any.is::<PolicyBarrierExec>()
-            || any.is::<CoalescePartitionsExec>()
-            || any.is::<GlobalLimitExec>()
-            || any.is::<LocalLimitExec>()
-            || any.is::<UnionExec>()
-            || any.is::<EmptyExec>()
-            || any.is::<PlaceholderRowExec>();
+        let passes = keeps_no_state(node.as_ref()) || any.is::<PolicyBarrierExec>();
         let scan = memory_scan(node).is_some_and(|m| m.sort_information().is_empty());
         scans += usize::from(scan);
         fits = rebuilt || ((passes || scan) && !node_holds_parameters(node.as_ref()));
