@@ -6,7 +6,7 @@
 //! so the template is planned once with each placeholder as a call of `Parameter` (a function
 //! that never runs), and each run builds the nodes again from it: the values in place of the
 //! calls, and a new scan of the table, asked of its provider as a planning would ask it (its
-//! files are listed; a table that changed is read again).
+//! files are checked as on every scan; a table that changed is read again).
 //!
 //! Only where that gives the plan a planning would: one table, read from memory, beneath
 //! nodes that keep no state between runs, with values only in filters and projections (the
