@@ -1132,12 +1132,6 @@ mod tests {
         shown(&rows(session, planned, sql).await)
     }
 
-    /// `sql`'s answer planned from its text, as written (no cache).
-    async fn as_planned(session: &UserSession, sql: &str) -> String {
-        let frame = session.context().sql(sql).await.expect("plans");
-        shown(&frame.collect().await.expect("runs"))
-    }
-
     /// A query's shape is planned by its first run and serves the runs with other values, under
     /// the user's row filter; a value of another type than the column's is planned as written.
     #[tokio::test]
@@ -1234,7 +1228,7 @@ mod tests {
         for id in [8, 5, 9, 4000, 1, 8] {
             let (kept, planned) = (
                 through_cache(&session, &sql(id)).await,
-                as_planned(&session, &sql(id)).await,
+                crate::lake::tests::one_value(&session, &sql(id)).await,
             );
             assert_eq!(kept, planned, "hcp {id}");
         }
@@ -1251,7 +1245,7 @@ mod tests {
             answers.push((
                 id,
                 through_cache(&session, &sql(id)).await,
-                as_planned(&session, &sql(id)).await,
+                crate::lake::tests::one_value(&session, &sql(id)).await,
             ));
         }
         let gone = through_cache(&session, &sql(8)).await;
@@ -1313,7 +1307,7 @@ mod tests {
         let mut planned = Vec::new();
         for country in ["'DE'", "'DE'", "'DE'", "'FR'", "NULL"] {
             let sql = format!("SELECT count(*) AS n FROM gtm.hcp WHERE country = {country}");
-            planned.push(as_planned(&session, &sql).await);
+            planned.push(crate::lake::tests::one_value(&session, &sql).await);
         }
         let counted = counts.iter().map(|n| format!("| {n} ")).collect::<Vec<_>>();
         for (n, answer) in counted.iter().zip(&planned) {

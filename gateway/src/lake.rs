@@ -805,7 +805,8 @@ pub(crate) mod tests {
         (lake, config)
     }
 
-    async fn one_value(session: &UserSession, sql: &str) -> String {
+    /// `sql`'s answer for `session`'s user, planned from its text as written (no plan cache).
+    pub(crate) async fn one_value(session: &UserSession, sql: &str) -> String {
         let batches = session
             .context()
             .sql(sql)
