@@ -22,6 +22,8 @@ use tokio::sync::Mutex;
 
 use crate::config::OidcIssuerConfig;
 
+mod ring_crypto;
+
 /// Tokens longer than this are refused before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 /// How long fetched keys are used before they are fetched again anyway.
@@ -120,6 +122,7 @@ fn issuer(config: &OidcIssuerConfig) -> Result<Issuer, String> {
 
 impl OidcVerifier {
     pub fn new(configs: &[OidcIssuerConfig]) -> Result<OidcVerifier, String> {
+        ring_crypto::install();
         let issuers = configs.iter().map(issuer).collect::<Result<Vec<_>, _>>()?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
