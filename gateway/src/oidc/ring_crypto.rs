@@ -129,7 +129,7 @@ mod tests {
     use base64::Engine as _;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use ring::rand::SystemRandom;
-    use ring::signature::{EcdsaKeyPair, Ed25519KeyPair, KeyPair};
+    use ring::signature::{EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaKeyPair};
     use std::collections::BTreeMap;
 
     /// A token with `claims`, signed by `sign` over header.payload.
@@ -155,6 +155,63 @@ mod tests {
         let last = bytes.len() - 5;
         bytes[last] = if bytes[last] == b'A' { b'B' } else { b'A' };
         String::from_utf8(bytes).expect("ascii")
+    }
+
+    /// A 2,048-bit RSA key made for this test only (PKCS#1 DER, base64): ring makes none.
+    const TEST_RSA_KEY: &str = concat!(
+        "MIIEowIBAAKCAQEAo/2ky9YLH2RRVgCCW8yDYjhitkkfYbQ4XLEOcTwN638lu6cLSkx23+zo8fwAk0y3tBnx5J4z",
+        "th4+6ykZDlxLomFF6115Jp5LG9sAX1dlqbK2GPGQrVirV5CDlPazbH771CKDoATCniXLQqto3zClQ8OH5bEh3U3x",
+        "TbMpglFDYz8ck+m7XWiPf9Q2FVZkB4tMhoyN95JrPGV1eufaO1yfNNw1X/MgaiFpKrL7oLudJzex2T8njvL0djoL",
+        "zlb353imcVuohUG4oJuKhk78jg4SXH5q/cBZWxKtMa8YzFZD8FYpg/dLx64GW1yNJDmaMBfLjkOcklgobjkyh/tU",
+        "T+iDJwIDAQABAoIBABMLIOiE1izSjvlwPLMhWD5/MsNdUXYcohDthLJUmX83+C9G8jIyF/nf/psfOwff+FNDUgpM",
+        "7s9eysqvLpgy0pusNRzkcW2xIyK8d1obAZTHyoqx/q2KpvcXspgJYAOg6WiUi3l5JAqOdACtfBOzB/YLDkx3memj",
+        "o/p0bEUUX8F2Ao4ML15dhfw8GKELAr47h1rjTOO7hNnqamS/saqY76Z5bhLOsu8aVlikyRT3pQwsPDkG7ixsuSim",
+        "t5jnDrqQGeNJxH0rzVAff92j8QKve9WVgIrFWEvq5vyZcqUa7oK5XDVJ0FifvRGLblScVXofUq37IUPOz9DTvoBp",
+        "gl7U+j0CgYEA221iOmj6ckQH1xN8ofsXjqo2CVbZo9d06Pu7RPTbBJTPvModJHaVFsYtvbEplnEQdOEDKnIxQRYH",
+        "xeFoplrcnrO2874nJXxXDLz44Lf8tWL6FBg8xyU2uLQlvVtJ6w3MCVxE4mog7PoxnBa2NAG0dHh0wv3FZpWC4rvH",
+        "Da4hkUMCgYEAv1LfYphVaYyGsfQFU3kksKTUmYykpNVunNbUxk83CaH67WazQw0ndfcXrR3qZF15hQNLxl8thg2a",
+        "Y/FzMzQ3GhO749sXdry0CNLHOjTxeVQ6Azr1JY05/hgJcQS3H0Ib1GoqEsRlTJmt3SeYBCDwjtz3dY+GaHMXLWXY",
+        "HaZSxk0CgYEAqutcTVVCaElXtg+m0GHO6sDpEINHSllk5qpXKBJ2m+3ylwL0ileYMEI0lQLv+xCdGf2/wotqlGE9",
+        "ssSvCI3UNgaU5u3ifk+JWxHD5v9J6FxtocNzbEgvhNZGY2Y9gMuheFUYDylN9mm4xPXn/UCquOKvSMf1wL+LUWOl",
+        "XKGb4hMCgYAMwGlDGQQYVNVlZu4z8g8P9ux0j3spwU/uBCOKVB1G9xTSXdX00hufMSjS0PueVNyUkPOr9QwDs0Rn",
+        "BOC4uPIzOr17Ik8eCtW1ANdmecDeZU64iGVua0tCNDfs4HOUEcPpFGpZdd2KjXOZGdp36/oci32yyC4dKA6TaAZP",
+        "c5ZwwQKBgGQG1ifb5TPvJk1ffkbrH6qiPbU1GKoNpWkJsZlcz6/RFqH2vjvpxDvMKMOVDgh1l84pFDD9UpIi3gTo",
+        "2AhOCnP1p9dvqB3vYpHSyBkJ3g1sNokr5l/HxubaJhM1Brxu8cw0IQ+chsulDpDiH2cL7e7lkzRmBpPltwS8uL3Y",
+        "S0KY",
+    );
+
+    #[test]
+    fn rsa_signatures_are_checked_from_a_jwk_and_from_der() {
+        let rng = SystemRandom::new();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(TEST_RSA_KEY)
+            .expect("base64");
+        let pair = RsaKeyPair::from_der(&der).expect("rsa key");
+        let parts = ring::rsa::PublicKeyComponents::<Vec<u8>>::from(pair.public());
+        let from_jwk = DecodingKey::from_rsa_components(
+            &URL_SAFE_NO_PAD.encode(&parts.n),
+            &URL_SAFE_NO_PAD.encode(&parts.e),
+        )
+        .expect("rsa key");
+        let from_der = DecodingKey::from_rsa_der(pair.public().as_ref());
+        let (pair, rng) = (&pair, &rng);
+        let signed = |padding: &'static dyn sig::RsaEncoding| {
+            move |m: &[u8]| {
+                let mut out = vec![0; pair.public().modulus_len()];
+                pair.sign(padding, rng, m, &mut out).expect("sign");
+                out
+            }
+        };
+        let rs256 = token("RS256", signed(&sig::RSA_PKCS1_SHA256));
+        let ps256 = token("PS256", signed(&sig::RSA_PSS_SHA256));
+        for key in [&from_jwk, &from_der] {
+            assert!(decodes(&rs256, key, Algorithm::RS256));
+            assert!(decodes(&ps256, key, Algorithm::PS256));
+            assert!(!decodes(&tampered(&rs256), key, Algorithm::RS256));
+            // A PKCS#1 v1.5 signature is no PSS signature, and the other way round.
+            assert!(!decodes(&rs256, key, Algorithm::PS256));
+            assert!(!decodes(&ps256, key, Algorithm::RS256));
+        }
     }
 
     #[test]
