@@ -3,7 +3,7 @@
 //!
 //! jsonwebtoken ships two backends: RustCrypto's (its `rsa` crate verified an RS256 token in
 //! about 0.3 ms, a quarter of a token login's CPU) and aws-lc (a second C crypto library to
-//! build). ring verifies the same signature in a few microseconds. The gateway only ever
+//! build). ring checks the same signature in tens of microseconds. The gateway only ever
 //! verifies: it signs nothing with jsonwebtoken, so signing is refused, and shared secrets
 //! (HS*) are refused too, as issuers may only use asymmetric algorithms (`oidc::issuer`).
 //! ring takes RSA keys of 2,048 to 8,192 bits: a weaker issuer key fails closed.
