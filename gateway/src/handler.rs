@@ -30,6 +30,7 @@ use pgwire::api::store::PortalStore;
 use pgwire::api::{ClientInfo, ClientPortalStore, ConnectionHandle, Type};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
+use pgwire::messages::extendedquery::{Describe, Execute};
 use pgwire::types::format::FormatOptions;
 
 use crate::column_names;
@@ -43,6 +44,7 @@ use crate::peer::PeerWatch;
 use crate::pg_compat;
 use crate::plan_cache::{self, CachedQuery, Planned, QueryText};
 use crate::settings::Settings;
+use crate::sync_flush::SyncFlush;
 
 /// A prepared statement: its text and, unless empty, the parsed statement and its plan.
 /// (The shape datafusion-postgres's hooks expect in the portal store.)
@@ -964,6 +966,29 @@ impl ExtendedQueryHandler for QueryHandler {
 
     fn query_parser(&self) -> Arc<Self::QueryParser> {
         self.parser.clone()
+    }
+
+    /// pgwire's own Describe, its answer flushed by the Sync that follows it (`sync_flush`).
+    async fn on_describe<C>(&self, client: &mut C, message: Describe) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        self._on_describe(&mut SyncFlush::new(client), message)
+            .await
+    }
+
+    /// pgwire's own Execute, its answer flushed by the Sync that follows it (`sync_flush`).
+    async fn on_execute<C>(&self, client: &mut C, message: Execute) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        self._on_execute(&mut SyncFlush::new(client), message).await
     }
 
     async fn do_query<C>(

@@ -45,6 +45,7 @@ mod scalar_subquery;
 mod server;
 mod settings;
 mod sso;
+mod sync_flush;
 mod tls;
 mod tokens;
 

@@ -243,3 +243,105 @@ async fn npgsql_4_connection_open_and_type_loading() {
     frontend::terminate(&mut out);
     conn.send(out).await;
 }
+
+/// Which messages arrive, in order, until (and with) the first that `last` accepts; fails
+/// instead of hanging when the gateway holds back what the client asked for.
+async fn until(conn: &mut Conn, last: impl Fn(&Message) -> bool) -> Vec<&'static str> {
+    let mut seen = Vec::new();
+    loop {
+        let message = tokio::time::timeout(std::time::Duration::from_secs(20), conn.next())
+            .await
+            .expect("the gateway answers without waiting for more from the client");
+        seen.push(match &message {
+            Message::ParseComplete => "ParseComplete",
+            Message::BindComplete => "BindComplete",
+            Message::DataRow(_) => "DataRow",
+            Message::PortalSuspended => "PortalSuspended",
+            Message::CommandComplete(_) => "CommandComplete",
+            Message::ReadyForQuery(_) => "ReadyForQuery",
+            Message::ErrorResponse(_) => "ErrorResponse",
+            _ => "other",
+        });
+        if last(&message) {
+            return seen;
+        }
+    }
+}
+
+/// An Execute's closing message waits for Sync (one write per query, as PostgreSQL makes),
+/// but a client may ask for what is pending with Flush before any Sync: the whole result,
+/// or the rows of a suspended portal. A held message that Flush did not send would hang here.
+#[tokio::test]
+async fn flush_sends_what_an_execute_left_before_any_sync() {
+    let gateway = Gateway::start();
+    let mut conn = open(&gateway, "carol").await;
+    let bind = |out: &mut BytesMut| {
+        frontend::bind(
+            "",
+            "",
+            std::iter::empty::<i16>(),
+            std::iter::empty::<()>(),
+            |_, _: &mut BytesMut| Ok(postgres_protocol::IsNull::No),
+            [0],
+            out,
+        )
+        .map_err(|_| "bind")
+        .expect("a bind without values");
+    };
+
+    let mut out = BytesMut::new();
+    frontend::parse(
+        "",
+        "SELECT hcp_id FROM gtm.hcp ORDER BY hcp_id LIMIT 3",
+        std::iter::empty(),
+        &mut out,
+    )
+    .expect("parse");
+    bind(&mut out);
+    frontend::execute("", 2, &mut out).expect("execute");
+    frontend::flush(&mut out);
+    conn.send(out).await;
+    let seen = until(&mut conn, |m| matches!(m, Message::PortalSuspended)).await;
+    assert_eq!(
+        seen,
+        [
+            "ParseComplete",
+            "BindComplete",
+            "DataRow",
+            "DataRow",
+            "PortalSuspended"
+        ]
+    );
+
+    let mut out = BytesMut::new();
+    frontend::execute("", 0, &mut out).expect("execute");
+    frontend::flush(&mut out);
+    conn.send(out).await;
+    let seen = until(&mut conn, |m| matches!(m, Message::CommandComplete(_))).await;
+    assert_eq!(seen, ["DataRow", "CommandComplete"]);
+
+    let mut out = BytesMut::new();
+    frontend::sync(&mut out);
+    conn.send(out).await;
+    let seen = until(&mut conn, |m| matches!(m, Message::ReadyForQuery(_))).await;
+    assert_eq!(seen, ["ReadyForQuery"]);
+
+    // The same query in one go, closed by Sync alone.
+    let mut out = BytesMut::new();
+    bind(&mut out);
+    frontend::execute("", 0, &mut out).expect("execute");
+    frontend::sync(&mut out);
+    conn.send(out).await;
+    let seen = until(&mut conn, |m| matches!(m, Message::ReadyForQuery(_))).await;
+    assert_eq!(
+        seen,
+        [
+            "BindComplete",
+            "DataRow",
+            "DataRow",
+            "DataRow",
+            "CommandComplete",
+            "ReadyForQuery"
+        ]
+    );
+}
