@@ -33,6 +33,20 @@ async fn open(gateway: &Gateway, user: &str) -> Conn {
     conn
 }
 
+/// Binds the unnamed statement, without values, to the unnamed portal.
+fn bind_unnamed(result_format: i16, out: &mut BytesMut) -> Result<(), String> {
+    frontend::bind(
+        "",
+        "",
+        std::iter::empty::<i16>(),
+        std::iter::empty::<()>(),
+        |_, _: &mut BytesMut| Ok(postgres_protocol::IsNull::No),
+        [result_format],
+        out,
+    )
+    .map_err(|_| "bind".to_string())
+}
+
 struct Npgsql<'a>(&'a mut Conn);
 
 impl Npgsql<'_> {
@@ -103,16 +117,7 @@ impl Npgsql<'_> {
         let mut out = BytesMut::new();
         for sql in statements {
             frontend::parse("", sql, std::iter::empty(), &mut out).expect("parse");
-            frontend::bind(
-                "",
-                "",
-                std::iter::empty::<i16>(),
-                std::iter::empty::<()>(),
-                |_, _: &mut BytesMut| Ok(postgres_protocol::IsNull::No),
-                [result_format],
-                &mut out,
-            )
-            .map_err(|_| "bind".to_string())?;
+            bind_unnamed(result_format, &mut out)?;
             frontend::describe(b'P', "", &mut out).expect("describe");
             frontend::execute("", 0, &mut out).expect("execute");
         }
@@ -268,26 +273,14 @@ async fn until(conn: &mut Conn, last: impl Fn(&Message) -> bool) -> Vec<&'static
     }
 }
 
-/// An Execute's closing message waits for Sync (one write per query, as PostgreSQL makes),
-/// but a client may ask for what is pending with Flush before any Sync: the whole result,
-/// or the rows of a suspended portal. A held message that Flush did not send would hang here.
+/// An Execute's answer waits for Sync, as PostgreSQL's does, but a client may ask for what
+/// is pending with Flush before any Sync: the rows of a suspended portal, or a whole result.
+/// An answer that Flush left held fails this on a timeout.
 #[tokio::test]
 async fn flush_sends_what_an_execute_left_before_any_sync() {
     let gateway = Gateway::start();
     let mut conn = open(&gateway, "carol").await;
-    let bind = |out: &mut BytesMut| {
-        frontend::bind(
-            "",
-            "",
-            std::iter::empty::<i16>(),
-            std::iter::empty::<()>(),
-            |_, _: &mut BytesMut| Ok(postgres_protocol::IsNull::No),
-            [0],
-            out,
-        )
-        .map_err(|_| "bind")
-        .expect("a bind without values");
-    };
+    let bind = |out: &mut BytesMut| bind_unnamed(0, out).expect("a bind without values");
 
     let mut out = BytesMut::new();
     frontend::parse(
