@@ -30,7 +30,7 @@ use pgwire::api::store::PortalStore;
 use pgwire::api::{ClientInfo, ClientPortalStore, ConnectionHandle, Type};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
-use pgwire::messages::extendedquery::{Describe, Execute};
+use pgwire::messages::extendedquery::{Bind, Close, Describe, Execute, Parse};
 use pgwire::types::format::FormatOptions;
 
 use crate::column_names;
@@ -44,7 +44,7 @@ use crate::peer::PeerWatch;
 use crate::pg_compat;
 use crate::plan_cache::{self, CachedQuery, Planned, QueryText};
 use crate::settings::Settings;
-use crate::sync_flush::SyncFlush;
+use crate::sync_flush::{PgwireDefaults, SyncFlush};
 
 /// A prepared statement: its text and, unless empty, the parsed statement and its plan.
 /// (The shape datafusion-postgres's hooks expect in the portal store.)
@@ -966,6 +966,45 @@ impl ExtendedQueryHandler for QueryHandler {
 
     fn query_parser(&self) -> Arc<Self::QueryParser> {
         self.parser.clone()
+    }
+
+    /// pgwire's own Parse, its answer flushed by the Sync that follows it (`sync_flush`).
+    async fn on_parse<C>(&self, client: &mut C, message: Parse) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        (PgwireDefaults(self))
+            .on_parse(&mut SyncFlush::new(client), message)
+            .await
+    }
+
+    /// pgwire's own Bind, its answer flushed by the Sync that follows it (`sync_flush`).
+    async fn on_bind<C>(&self, client: &mut C, message: Bind) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        (PgwireDefaults(self))
+            .on_bind(&mut SyncFlush::new(client), message)
+            .await
+    }
+
+    /// pgwire's own Close, its answer flushed by the Sync that follows it (`sync_flush`).
+    async fn on_close<C>(&self, client: &mut C, message: Close) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        (PgwireDefaults(self))
+            .on_close(&mut SyncFlush::new(client), message)
+            .await
     }
 
     /// pgwire's own Describe, its answer flushed by the Sync that follows it (`sync_flush`).

@@ -1,28 +1,67 @@
-//! Describe's and Execute's answers wait for Sync, as PostgreSQL's do.
+//! The extended protocol's answers wait for Sync, as PostgreSQL's do.
 //!
-//! pgwire's default `on_describe` and `on_execute` flush the socket after RowDescription and
-//! after CommandComplete, and `on_sync` flushes again after ReadyForQuery: a TLS record, a
-//! system call and a wake-up of the client each, where the protocol asks for a flush only at
-//! Sync or Flush. A prepared lookup made three socket writes (`strace -c`); PostgreSQL makes
-//! one. The handler runs pgwire's own `_on_describe` and `_on_execute` on this wrapper,
+//! pgwire's default `on_parse`, `on_bind`, `on_describe`, `on_execute` and `on_close` flush
+//! the socket after their answers, and `on_sync` flushes again after ReadyForQuery: a TLS
+//! record, a system call and a wake-up of the client each, where the protocol asks for a
+//! flush only at Sync or Flush. A prepared lookup made three socket writes (`strace -c`), a
+//! driver's unnamed Parse, Bind, Describe, Execute and Sync three as well; PostgreSQL makes
+//! one. The handler runs pgwire's own defaults (through [`PgwireDefaults`]) on this wrapper,
 //! which skips their flushes except after a message the client must see before it goes on:
 //! a notice sent while a remote query runs, CopyInResponse and CopyBothResponse (the client
 //! answers them with data), an error. Rows still leave as pgwire's buffer fills, and pgwire's
-//! `on_sync` and `on_flush` flush the rest. (pgwire's `on_bind` has no default to call, so
-//! BindComplete is still flushed on its own.)
+//! `on_sync` and `on_flush` flush the rest, as its error path does.
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use async_trait::async_trait;
 use futures::Sink;
+use pgwire::api::portal::Portal;
+use pgwire::api::query::ExtendedQueryHandler;
+use pgwire::api::results::Response;
+use pgwire::api::store::PortalStore;
 use pgwire::api::{ClientInfo, ClientPortalStore, PgWireConnectionState, SessionExtensions};
+use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::response::TransactionStatus;
 use pgwire::messages::startup::SecretKey;
 use pgwire::messages::{PgWireBackendMessage, ProtocolVersion};
 use rustls_pki_types::CertificateDer;
 
-/// The client of one Describe or Execute, whose answers are flushed by the Sync after it.
+/// A handler's pgwire defaults, to be called from its own overrides of them: Rust gives an
+/// override no way to call the default it replaces. Only the defaults are meant to run on
+/// it; they reach the handler through its parser and `do_query`, and through nothing else.
+pub struct PgwireDefaults<'a, H>(pub &'a H);
+
+#[async_trait]
+impl<H: ExtendedQueryHandler> ExtendedQueryHandler for PgwireDefaults<'_, H> {
+    type Statement = H::Statement;
+    type QueryParser = H::QueryParser;
+
+    fn query_parser(&self) -> Arc<Self::QueryParser> {
+        self.0.query_parser()
+    }
+
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<Self::Statement>,
+        max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        self.0.do_query(client, portal, max_rows).await
+    }
+}
+
+/// The client of one extended-protocol message, whose answers are flushed by the Sync after it.
 pub struct SyncFlush<'a, C> {
     client: &'a mut C,
     /// The last message sent may wait for Sync.

@@ -265,12 +265,55 @@ async fn until(conn: &mut Conn, last: impl Fn(&Message) -> bool) -> Vec<&'static
             Message::CommandComplete(_) => "CommandComplete",
             Message::ReadyForQuery(_) => "ReadyForQuery",
             Message::ErrorResponse(_) => "ErrorResponse",
+            Message::CloseComplete => "CloseComplete",
             _ => "other",
         });
         if last(&message) {
             return seen;
         }
     }
+}
+
+/// Parse's, Bind's and Close's answers wait for Sync as well, and Flush sends them; an error
+/// sends what waited before it. An answer that Flush left held fails this on a timeout.
+#[tokio::test]
+async fn flush_sends_what_parse_bind_and_close_left_before_any_sync() {
+    let gateway = Gateway::start();
+    let mut conn = open(&gateway, "carol").await;
+
+    let mut out = BytesMut::new();
+    frontend::parse("", "SELECT 1", std::iter::empty(), &mut out).expect("parse");
+    bind_unnamed(0, &mut out).expect("a bind without values");
+    frontend::flush(&mut out);
+    conn.send(out).await;
+    let seen = until(&mut conn, |m| matches!(m, Message::BindComplete)).await;
+    assert_eq!(seen, ["ParseComplete", "BindComplete"]);
+
+    let mut out = BytesMut::new();
+    frontend::close(b'P', "", &mut out).expect("close");
+    frontend::flush(&mut out);
+    conn.send(out).await;
+    let seen = until(&mut conn, |m| matches!(m, Message::CloseComplete)).await;
+    assert_eq!(seen, ["CloseComplete"]);
+
+    // A held ParseComplete goes out with the error of the Bind after it.
+    let mut out = BytesMut::new();
+    frontend::parse("held", "SELECT 1", std::iter::empty(), &mut out).expect("parse");
+    frontend::bind(
+        "",
+        "no_such_statement",
+        std::iter::empty::<i16>(),
+        std::iter::empty::<()>(),
+        |_, _: &mut BytesMut| Ok(postgres_protocol::IsNull::No),
+        [0i16],
+        &mut out,
+    )
+    .map_err(|_| "bind")
+    .expect("a bind of a statement never parsed");
+    frontend::sync(&mut out);
+    conn.send(out).await;
+    let seen = until(&mut conn, |m| matches!(m, Message::ReadyForQuery(_))).await;
+    assert_eq!(seen, ["ParseComplete", "ErrorResponse", "ReadyForQuery"]);
 }
 
 /// An Execute's answer waits for Sync, as PostgreSQL's does, but a client may ask for what
