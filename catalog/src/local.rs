@@ -474,4 +474,67 @@ mod tests {
         let last = &answers[answers.len() - 1].0;
         assert!(last.contains("| 30 |") || last.contains("| 34 |"), "{last}");
     }
+
+    /// Once its folder has settled, a kept table is checked by asking its entries for their
+    /// times, without reading the folder, and it still follows every change to the folder:
+    /// made just after such a check, and seen by the next one.
+    #[tokio::test]
+    async fn a_settled_folder_is_checked_by_its_entries_and_still_followed() {
+        let (dir, data) = csv_folder("kept-settled", "s,n\nx,1\ny,2\n");
+        let settle = std::time::Duration::from_millis(20);
+        let kept = LocalCatalog {
+            small_tables: Arc::new(SmallTables::new(8).settle_after(settle)),
+            ..csv_catalog(&dir, 0)
+        };
+        let files = csv_catalog(&dir, 0);
+        let answer = |local| csv_answer(local, "SELECT count(*) AS rows, sum(n) AS n FROM t");
+        // what is tested is the file system's clock passing the margin, not a wait for a peer
+        let let_settle = || std::thread::sleep(settle * 3);
+        let_settle();
+        let mut answers = vec![(answer(&kept).await, answer(&files).await)];
+        let looks = kept.small_tables().looks();
+        answers.push((answer(&kept).await, answer(&files).await));
+        answers.push((answer(&kept).await, answer(&files).await));
+        let mut looks_when_settled = kept.small_tables().looks() - looks;
+        let part_1 = data.join("part-1.csv");
+        let changes: [&dyn Fn(); 6] = [
+            &|| std::fs::write(&part_1, "s,n\nz,3\n").expect("added"),
+            &|| {
+                std::fs::create_dir_all(data.join("sub")).expect("subfolder");
+                std::fs::write(data.join("sub/part-2.csv"), "s,n\nw,4\n").expect("nested");
+            },
+            // the same size, in place
+            &|| std::fs::write(&part_1, "s,n\nz,5\n").expect("rewritten"),
+            // the same size, and its old modification time put back
+            &|| {
+                let modified = std::fs::metadata(&part_1)
+                    .and_then(|m| m.modified())
+                    .expect("time");
+                std::fs::write(&part_1, "s,n\nz,6\n").expect("rewritten");
+                let file = std::fs::File::options().write(true).open(&part_1);
+                file.and_then(|f| f.set_modified(modified))
+                    .expect("time put back");
+            },
+            &|| std::fs::write(data.join("sub/part-2.csv"), "s,n\nw,40\n").expect("nested"),
+            &|| std::fs::remove_file(data.join("part-0.csv")).expect("removed"),
+        ];
+        for change in changes {
+            change();
+            answers.push((answer(&kept).await, answer(&files).await));
+            let_settle();
+            // read again once settled, then checked by its entries
+            answers.push((answer(&kept).await, answer(&files).await));
+            let looks = kept.small_tables().looks();
+            answers.push((answer(&kept).await, answer(&files).await));
+            looks_when_settled += kept.small_tables().looks() - looks;
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(looks_when_settled, 0, "a settled folder is not read");
+        for (step, (from_memory, from_files)) in answers.iter().enumerate() {
+            assert_eq!(from_memory, from_files, "step {step}");
+        }
+        let last = &answers[answers.len() - 1].0;
+        // part-1's last value, with or without the nested file (as the listing finds it)
+        assert!(last.contains("| 6 |") || last.contains("| 46 |"), "{last}");
+    }
 }

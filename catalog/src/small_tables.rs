@@ -9,9 +9,17 @@
 //!
 //! Listing the folder through DataFusion (object_store's local store walks it on a blocking
 //! thread) became most of a kept lookup's cost, so a scan first looks at the folder itself:
-//! every entry under it, with its size and modification time, taken before the listing a read
-//! or a check was made from. While that is unchanged, so is anything a listing would find, and
-//! the kept batches serve without a listing.
+//! every entry under it, with its size and times, taken before the listing a read or a check
+//! was made from. While that is unchanged, so is anything a listing would find, and the kept
+//! batches serve without a listing.
+//!
+//! Reading the folder's entries again was then a tenth of a kept lookup's CPU, so a look whose
+//! entries all changed a while before it (`SmallTables::settle`) is checked by asking each of
+//! them, and the folder itself, for their times alone: an entry added, removed or renamed
+//! changes its folder's change time, a write changes its file's. Only a settled look: the file
+//! system's clock ticks coarsely, and a change in the same tick as the look's newest could
+//! leave every time as it was. A table read while its folder was not settled is read again
+//! once it is, so the rows kept are never those of a change no look could tell apart.
 //!
 //! Only local folders: a table in S3 is read with each user's own AWS role, and a copy shared
 //! by all users would read past those roles. Policy is unchanged: the kept batches are the
@@ -19,6 +27,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
@@ -53,6 +62,10 @@ pub struct SmallTables {
     /// scan's listing is fresh. A kept listing (`file_listing_seconds`) can be older than the
     /// folder, and a look recorded beside it would then keep old rows after it expires.
     look_at_folders: bool,
+    /// How long after their last change a folder's entries are taken as settled.
+    settle: Duration,
+    /// How many times a table's folder was read (for tests).
+    looks: std::sync::atomic::AtomicU64,
 }
 
 impl fmt::Debug for SmallTables {
@@ -105,8 +118,57 @@ impl FileStamp {
 
 /// Every entry under a table's folder, subfolders included, as the file system gives it: a
 /// file added, removed, renamed or written anywhere in it changes this.
+#[derive(Debug, Clone)]
+struct Folder {
+    root: Stamp,
+    entries: Vec<(PathBuf, Stamp)>,
+    /// Every entry (and the folder) changed `settle` or longer before the look: a change
+    /// after it shows in their times.
+    settled: bool,
+}
+
+impl PartialEq for Folder {
+    fn eq(&self, other: &Folder) -> bool {
+        self.root == other.root && self.entries == other.entries
+    }
+}
+
+/// What `stat` says of an entry: a write, a rename over it or a change of its times changes
+/// this, and so does (for a folder) an entry added, removed or renamed in it. The change time
+/// is the kernel's own: no tool sets it back.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Folder(Vec<(PathBuf, u64, Option<std::time::SystemTime>)>);
+struct Stamp {
+    folder: bool,
+    inode: u64,
+    len: u64,
+    modified: (i64, i64),
+    changed: (i64, i64),
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Stamp {
+        use std::os::unix::fs::MetadataExt;
+        Stamp {
+            folder: meta.is_dir(),
+            inode: meta.ino(),
+            len: meta.len(),
+            modified: (meta.mtime(), meta.mtime_nsec()),
+            changed: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+
+    /// Whether this entry last changed before `cutoff` (not where its time is out of range).
+    fn changed_before(&self, cutoff: SystemTime) -> bool {
+        let (seconds, nanos) = self.changed;
+        let since_epoch = u64::try_from(seconds)
+            .ok()
+            .zip(u32::try_from(nanos).ok())
+            .map(|(s, n)| Duration::new(s, n));
+        since_epoch
+            .and_then(|d| UNIX_EPOCH.checked_add(d))
+            .is_some_and(|changed| changed < cutoff)
+    }
+}
 
 /// More entries than this, and a folder is only looked at through its listing: looking is
 /// done on the query's own thread, and must stay short.
@@ -115,7 +177,9 @@ const MOST_ENTRIES_LOOKED_AT: usize = 64;
 impl Folder {
     /// The folder as it is now; none where it cannot be taken whole and briefly: an error,
     /// a symbolic link (the listing may follow it anywhere), or too many entries.
-    fn look(root: &Path) -> Option<Folder> {
+    fn look(root: &Path, settle: Duration) -> Option<Folder> {
+        let looked_at = SystemTime::now();
+        let root_stamp = Stamp::of(&std::fs::metadata(root).ok()?);
         let mut entries = Vec::new();
         let mut folders = vec![root.to_path_buf()];
         while let Some(folder) = folders.pop() {
@@ -128,13 +192,49 @@ impl Folder {
                 if meta.is_dir() {
                     folders.push(entry.path());
                 }
-                entries.push((entry.path(), meta.len(), meta.modified().ok()));
+                entries.push((entry.path(), Stamp::of(&meta)));
             }
         }
-        entries.sort();
-        Some(Folder(entries))
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        let settled = looked_at.checked_sub(settle).is_some_and(|cutoff| {
+            root_stamp.changed_before(cutoff)
+                && entries
+                    .iter()
+                    .all(|(_, stamp)| stamp.changed_before(cutoff))
+        });
+        Some(Folder {
+            root: root_stamp,
+            entries,
+            settled,
+        })
+    }
+
+    /// Whether a file both looks found changed since `earlier`: a listing can miss that (a
+    /// write of the same size, its modification time put back).
+    fn rewrote_a_file_since(&self, earlier: &Folder) -> bool {
+        self.entries.iter().any(|(path, stamp)| {
+            !stamp.folder
+                && earlier
+                    .entries
+                    .binary_search_by(|(p, _)| p.cmp(path))
+                    .is_ok_and(|at| earlier.entries[at].1 != *stamp)
+        })
+    }
+
+    /// Whether the folder is still as this look found it, asked of each entry it found (and
+    /// of the folder) rather than by reading the folder again; only a settled look can say.
+    fn unchanged(&self, root: &Path) -> bool {
+        self.settled
+            && std::fs::metadata(root).is_ok_and(|meta| Stamp::of(&meta) == self.root)
+            && self.entries.iter().all(|(path, stamp)| {
+                std::fs::symlink_metadata(path).is_ok_and(|meta| Stamp::of(&meta) == *stamp)
+            })
     }
 }
+
+/// How long after its last change a folder's entries are taken as settled (see the module's
+/// text): beyond the file system's clock tick (2 s on FAT) and a file server's clock skew.
+const SETTLE: Duration = Duration::from_secs(5);
 
 impl SmallTables {
     /// `megabytes`: the budget; 0 keeps no table.
@@ -153,7 +253,22 @@ impl SmallTables {
             max_table_bytes: megabytes.saturating_mul(1024 * 1024) / SHARE_OF_BUDGET,
             reads: Default::default(),
             look_at_folders: true,
+            settle: SETTLE,
+            looks: Default::default(),
         }
+    }
+
+    /// Folders settle after `settle` instead (tests, which cannot wait for `SETTLE`).
+    #[cfg(test)]
+    pub(crate) fn settle_after(mut self, settle: Duration) -> SmallTables {
+        self.settle = settle;
+        self
+    }
+
+    /// How many times a table's folder was read (for tests).
+    #[cfg(test)]
+    pub(crate) fn looks(&self) -> u64 {
+        self.looks.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// For scans whose listings are kept a while: tables are checked by their listing only.
@@ -269,6 +384,14 @@ impl SmallTable {
     }
 }
 
+/// Whether `kept` was read while its folder had not settled and `folder` (a look since) has:
+/// the table is then read once more, as a change in the same clock tick as that look could
+/// have left it looking the same.
+fn settled_since(kept: &Kept, folder: Option<&Folder>) -> bool {
+    kept.folder.as_ref().is_some_and(|looked| !looked.settled)
+        && folder.is_some_and(|folder| folder.settled)
+}
+
 #[async_trait]
 impl TableProvider for SmallTable {
     fn schema(&self) -> SchemaRef {
@@ -303,15 +426,27 @@ impl TableProvider for SmallTable {
         if !self.kept.enabled() {
             return self.files.scan(state, projection, filters, limit).await;
         }
+        let kept = self.kept.kept.get(&self.name).await;
+        if let Some(kept) = &kept
+            && let Some(looked) = &kept.folder
+            && looked.unchanged(&self.folder)
+            && let Ok(Some(batches)) = &kept.batches
+        {
+            return self.memory_scan(batches, projection, limit);
+        }
         // Taken before the listing below: a change after it shows in the next look.
         let folder = if self.kept.look_at_folders {
-            Folder::look(&self.folder)
+            self.kept
+                .looks
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Folder::look(&self.folder, self.kept.settle)
         } else {
             None
         };
-        if let Some(kept) = self.kept.kept.get(&self.name).await
+        if let Some(kept) = &kept
             && folder.is_some()
             && kept.folder == folder
+            && !settled_since(kept, folder.as_ref())
             && let Ok(Some(batches)) = &kept.batches
         {
             return self.memory_scan(batches, projection, limit);
@@ -333,7 +468,12 @@ impl TableProvider for SmallTable {
             .kept
             .entry_by_ref(&self.name)
             .or_insert_with_if(self.read(state, files.clone(), folder.clone()), |kept| {
-                kept.files != files || kept.batches.is_err()
+                kept.files != files
+                    || kept.batches.is_err()
+                    || settled_since(kept, folder.as_ref())
+                    || (kept.folder.as_ref())
+                        .zip(folder.as_ref())
+                        .is_some_and(|(earlier, now)| now.rewrote_a_file_since(earlier))
             })
             .await
             .into_value();
