@@ -506,18 +506,10 @@ async fn deadline_passed(deadline: Option<tokio::time::Instant>) {
 /// Ends when the client's socket is gone; never when it cannot be watched.
 async fn client_left(peer: Option<Arc<PeerWatch>>) {
     match peer {
-        Some(peer) => loop {
-            tokio::time::sleep(PEER_CHECK_INTERVAL).await;
-            if peer.is_gone() {
-                break;
-            }
-        },
+        Some(peer) => peer.gone().await,
         None => std::future::pending().await,
     }
 }
-
-/// How often a running query asks whether its client is still there.
-const PEER_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Batches until the end, an error, a cancel request or the statement timeout (then one
 /// 57014 and the end), or until the client is gone (then the query stops: nobody reads it).

@@ -54,6 +54,7 @@ impl Server {
     /// Serves until the listener fails. Each connection runs in its own task.
     pub async fn serve(self, listener: TcpListener) -> std::io::Result<()> {
         let allow_plaintext = self.lake.config.tls.allow_plaintext || self.tls.is_none();
+        let beat = crate::peer::Beat::start();
         loop {
             let (socket, peer) = match listener.accept().await {
                 Ok(accepted) => accepted,
@@ -67,7 +68,7 @@ impl Server {
                 }
                 Err(error) => return Err(error),
             };
-            let watch = crate::peer::PeerWatch::new(&socket).map(Arc::new);
+            let watch = crate::peer::PeerWatch::new(&socket, beat.clone()).map(Arc::new);
             let handlers = ConnectionHandlers {
                 startup: Arc::new(ScramStartup::new(
                     self.users.clone(),
