@@ -107,19 +107,10 @@ mod tests {
         let early = tokio::time::timeout(CHECK_INTERVAL * 2, &mut gone).await;
         assert!(early.is_err(), "gone while the client is connected");
         drop(client);
-        // a beat notices it
+        // the FIN arrives asynchronously on loopback; a later beat sees it
         tokio::time::timeout(Duration::from_secs(10), gone)
             .await
             .expect("gone once the client closed");
-        // the FIN arrives asynchronously on loopback: poll, bounded
-        let mut gone = false;
-        for _ in 0..200 {
-            if watch.is_gone() {
-                gone = true;
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-        assert!(gone);
+        assert!(watch.is_gone());
     }
 }

@@ -348,12 +348,11 @@ fn holds_parameters(plan: &Arc<dyn ExecutionPlan>) -> Result<bool> {
     Ok(found)
 }
 
-/// A run's value in a plan made from a template: it evaluates as its literal does, but
-/// DataFusion's interval analysis does not take it for a literal. A `FilterExec` built
-/// around a literal works out the statistics and constants its predicate implies (interval
-/// analysis, a tenth of a prepared lookup's CPU at 32 clients), and only the physical
-/// optimizer reads them, which ran once, on the template. The same statistics of the plan a
-/// planning would make are not needed to run it.
+/// A run's value in a plan made from a template: it evaluates and displays as its literal
+/// does, but DataFusion's interval analysis does not take it for a literal. A `FilterExec`
+/// built around a literal works out the statistics and constants its predicate implies
+/// (interval analysis, a tenth of a prepared lookup's CPU at 32 clients). Only the physical
+/// optimizer reads them, and it ran once, on the template; running the plan does not.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct RunValue(Literal);
 

@@ -11,12 +11,11 @@
 //! answers them with data), an error. Rows still leave as pgwire's buffer fills, and pgwire's
 //! `on_sync` and `on_flush` flush the rest, as its error path does.
 use std::collections::HashMap;
+use std::fmt::Debug;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::task::{Context, Poll};
-
-use std::fmt::Debug;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use async_trait::async_trait;
 use futures::Sink;

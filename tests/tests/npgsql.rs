@@ -35,9 +35,14 @@ async fn open(gateway: &Gateway, user: &str) -> Conn {
 
 /// Binds the unnamed statement, without values, to the unnamed portal.
 fn bind_unnamed(result_format: i16, out: &mut BytesMut) -> Result<(), String> {
+    bind_statement("", result_format, out)
+}
+
+/// Binds the unnamed portal to `statement`, without parameters.
+fn bind_statement(statement: &str, result_format: i16, out: &mut BytesMut) -> Result<(), String> {
     frontend::bind(
         "",
-        "",
+        statement,
         std::iter::empty::<i16>(),
         std::iter::empty::<()>(),
         |_, _: &mut BytesMut| Ok(postgres_protocol::IsNull::No),
@@ -299,17 +304,7 @@ async fn flush_sends_what_parse_bind_and_close_left_before_any_sync() {
     // A held ParseComplete goes out with the error of the Bind after it.
     let mut out = BytesMut::new();
     frontend::parse("held", "SELECT 1", std::iter::empty(), &mut out).expect("parse");
-    frontend::bind(
-        "",
-        "no_such_statement",
-        std::iter::empty::<i16>(),
-        std::iter::empty::<()>(),
-        |_, _: &mut BytesMut| Ok(postgres_protocol::IsNull::No),
-        [0i16],
-        &mut out,
-    )
-    .map_err(|_| "bind")
-    .expect("a bind of a statement never parsed");
+    bind_statement("no_such_statement", 0, &mut out).expect("a bind of a statement never parsed");
     frontend::sync(&mut out);
     conn.send(out).await;
     let seen = until(&mut conn, |m| matches!(m, Message::ReadyForQuery(_))).await;
