@@ -44,6 +44,7 @@ use crate::peer::PeerWatch;
 use crate::pg_compat;
 use crate::plan_cache::{self, CachedQuery, Planned, QueryText};
 use crate::settings::Settings;
+use crate::shapes::Shapes;
 use crate::sync_flush::{PgwireDefaults, SyncFlush};
 
 /// A prepared statement: its text and, unless empty, the parsed statement and its plan.
@@ -62,6 +63,7 @@ impl QueryHandler {
             parser: Arc::new(LakeParser {
                 lake: lake.clone(),
                 sql_parser: PostgresCompatibilityParser::new(),
+                shapes: Shapes::default(),
             }),
             lake,
             hooks: vec![Arc::new(SetShowHook), Arc::new(TransactionStatementHook)],
@@ -244,6 +246,8 @@ fn cursor_shape<C: ClientInfo + ?Sized>(client: &C, name: &str) -> DFSchemaRef {
 pub struct LakeParser {
     lake: Arc<Lake>,
     sql_parser: PostgresCompatibilityParser,
+    /// Simple-protocol texts of a shape parsed before are not parsed again.
+    shapes: Shapes,
 }
 
 impl LakeParser {
@@ -700,18 +704,28 @@ impl SimpleQueryHandler for QueryHandler {
         if let Some(cached) = session.plans().and_then(|plans| plans.get(&text)) {
             return Ok(vec![self.run_cached(client, &session, cached).await?]);
         }
-        let statements = self.parser.parse(query)?;
+        let (statements, mut literals) = match self.parser.shapes.find(query) {
+            Some(known) => (vec![known.statement], Some(known.literals)),
+            None => {
+                let statements = self.parser.parse(query)?;
+                // The same query with other values may have been planned before, with
+                // placeholders.
+                let literals = match statements.as_slice() {
+                    [statement @ Statement::Query(_)] => literal_params::parameterize(statement),
+                    _ => None,
+                };
+                if let Some(literals) = &literals {
+                    (self.parser.shapes).learn(query, literals, |sql| self.parser.parse(sql).ok());
+                }
+                (statements, literals)
+            }
+        };
         if statements.is_empty() {
             return Ok(vec![Response::EmptyQuery]);
         }
         // Only a text of one query is kept: the cache answers it without parsing.
         let mut text =
             (statements.len() == 1 && matches!(statements[0], Statement::Query(_))).then_some(text);
-        // The same query with other values may have been planned before, with placeholders.
-        let mut literals = statements
-            .first()
-            .filter(|_| text.is_some())
-            .and_then(literal_params::parameterize);
         let mut responses = Vec::with_capacity(statements.len());
         'statements: for statement in statements {
             if let Err(e) = gate::check(&statement) {

@@ -44,6 +44,7 @@ mod route;
 mod scalar_subquery;
 mod server;
 mod settings;
+mod shapes;
 mod sso;
 mod sync_flush;
 mod tls;

@@ -198,7 +198,12 @@ async fn queries_with_other_values_answer_as_written() {
         (
             "SELECT CAST(count(*) AS TEXT), min(email) FROM hcp \
              WHERE country IN ({}, 'US') AND hcp_id < 500",
-            &["'DE'", "'FR'", "'XX'", "7"],
+            &["'DE'", "'FR'", "'XX'", "7", "'O''Brien'", "''"],
+        ),
+        (
+            // Comments and line breaks are no part of a shape.
+            "SELECT CAST(count(*) AS TEXT) FROM hcp -- one HCP\n WHERE hcp_id = {} /* by id */",
+            &["2", "3", "0002", "2.0"],
         ),
         (
             "SELECT CAST(count(*) AS TEXT), CAST(sum(amount) AS TEXT) FROM sales WHERE units >= {}",
