@@ -704,22 +704,8 @@ impl SimpleQueryHandler for QueryHandler {
         if let Some(cached) = session.plans().and_then(|plans| plans.get(&text)) {
             return Ok(vec![self.run_cached(client, &session, cached).await?]);
         }
-        let (statements, mut literals) = match self.parser.shapes.find(query) {
-            Some(known) => (vec![known.statement], Some(known.literals)),
-            None => {
-                let statements = self.parser.parse(query)?;
-                // The same query with other values may have been planned before, with
-                // placeholders.
-                let literals = match statements.as_slice() {
-                    [statement @ Statement::Query(_)] => literal_params::parameterize(statement),
-                    _ => None,
-                };
-                if let Some(literals) = &literals {
-                    (self.parser.shapes).learn(query, literals, |sql| self.parser.parse(sql).ok());
-                }
-                (statements, literals)
-            }
-        };
+        // The same query with other values may have been planned before, with placeholders.
+        let (statements, mut literals) = self.parser.statements(query)?;
         if statements.is_empty() {
             return Ok(vec![Response::EmptyQuery]);
         }
@@ -857,7 +843,8 @@ impl QueryParser for LakeParser {
         C: ClientInfo + Unpin + Send + Sync,
     {
         let session = user_session(&self.lake, client).await?;
-        let mut statements = self.parser_statements(sql)?;
+        // Drivers such as Npgsql send values written into the text this way too.
+        let (mut statements, _) = self.statements(sql)?;
         if statements.is_empty() {
             return Ok(None);
         }
@@ -949,8 +936,21 @@ impl QueryParser for LakeParser {
 }
 
 impl LakeParser {
-    fn parser_statements(&self, sql: &str) -> PgWireResult<Vec<Statement>> {
-        self.parse(sql).map_err(Into::into)
+    /// The statements of `sql` and, for a text of one query, its values taken out
+    /// (`literal_params`): from its shape where a text of it was parsed before (`shapes`).
+    fn statements(&self, sql: &str) -> Result<(Vec<Statement>, Option<Parameterized>), QueryError> {
+        if let Some(known) = self.shapes.find(sql) {
+            return Ok((vec![known.statement], Some(known.literals)));
+        }
+        let statements = self.parse(sql)?;
+        let literals = match statements.as_slice() {
+            [statement @ Statement::Query(_)] => literal_params::parameterize(statement),
+            _ => None,
+        };
+        if let Some(literals) = &literals {
+            self.shapes.learn(sql, literals, |sql| self.parse(sql).ok());
+        }
+        Ok((statements, literals))
     }
 }
 
