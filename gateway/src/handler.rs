@@ -297,7 +297,7 @@ async fn plan_literals(session: &UserSession, literals: &Parameterized) -> Optio
     let plans = session.plans()?;
     let key = QueryText::Literals(literals.text.clone());
     if let Some(cached) = plans.get(&key)
-        && literals.fits(&cached.logical)
+        && (cached.placeholder_types.as_deref()).is_some_and(|t| literals.fits_types(t))
     {
         tracing::debug!("plan cache hit, values taken out");
         return Some(Planned::cached(cached, Some(literals.params())));
@@ -315,7 +315,7 @@ fn described_by_shape(session: &UserSession, statement: &Statement) -> Option<Lo
     let literals = literal_params::parameterize(statement)?;
     let key = QueryText::Literals(literals.text.clone());
     let cached = session.plans()?.get(&key)?;
-    if !literals.fits(&cached.logical) {
+    if !(cached.placeholder_types.as_deref()).is_some_and(|t| literals.fits_types(t)) {
         return None;
     }
     plan_cache::bind(&cached.logical, &literals.params()).ok()

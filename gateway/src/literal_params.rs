@@ -10,7 +10,9 @@
 //! column). There the plan means what the plan with the literal means; anything else (a
 //! string compared with a number, a value out of the column's range) is planned from the text
 //! as written.
+use std::collections::HashMap;
 use std::ops::ControlFlow;
+use std::sync::Arc;
 
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::metadata::ScalarAndMetadata;
@@ -25,7 +27,8 @@ use datafusion::sql::sqlparser::ast::{
 /// text (the cache's key) and the values, in placeholder order.
 #[derive(Debug)]
 pub struct Parameterized {
-    pub statement: Statement,
+    /// Shared with the shape it was found by (`shapes`), if it was.
+    pub statement: Arc<Statement>,
     pub text: String,
     pub values: Vec<ScalarValue>,
 }
@@ -44,9 +47,12 @@ impl Parameterized {
     /// types every placeholder as its value's own type, so that binding the values gives the
     /// plan the literals would have given.
     pub fn fits(&self, plan: &LogicalPlan) -> bool {
-        let Ok(types) = plan.get_parameter_types() else {
-            return false;
-        };
+        plan.get_parameter_types()
+            .is_ok_and(|types| self.fits_types(&types))
+    }
+
+    /// `fits`, given the plan's placeholder types (a kept plan keeps them: `plan_cache`).
+    pub fn fits_types(&self, types: &PlaceholderTypes) -> bool {
         types.len() == self.values.len()
             && self.values.iter().enumerate().all(|(i, value)| {
                 match types.get(&format!("${}", i + 1)) {
@@ -56,6 +62,9 @@ impl Parameterized {
             })
     }
 }
+
+/// A plan's placeholders (`$1`, ...) and the types it planned them as.
+pub type PlaceholderTypes = HashMap<String, Option<DataType>>;
 
 fn fits(value: &ScalarValue, planned: &DataType) -> bool {
     match value {
@@ -96,7 +105,7 @@ pub fn parameterize(statement: &Statement) -> Option<Parameterized> {
     let statement = Statement::Query(query);
     Some(Parameterized {
         text: statement.to_string(),
-        statement,
+        statement: Arc::new(statement),
         values,
     })
 }

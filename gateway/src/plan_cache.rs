@@ -41,6 +41,7 @@ use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::sql::sqlparser::ast::Statement;
 
+use crate::literal_params::PlaceholderTypes;
 use crate::plan_template::{Template, TemplateSlot};
 
 /// The budget of all users' plans by default (`plan_cache_megabytes` in the configuration).
@@ -64,6 +65,9 @@ pub enum QueryText {
 pub struct CachedQuery {
     pub statement: Arc<Statement>,
     pub logical: Arc<LogicalPlan>,
+    /// `logical`'s placeholders and their types (None where they could not be told), asked
+    /// of every text of its shape.
+    pub placeholder_types: Option<Arc<PlaceholderTypes>>,
     pub plan: Arc<LogicalPlan>,
     pub physical: Option<Arc<dyn ExecutionPlan>>,
     /// A generic plan's physical template, made at its first run from the cache.
@@ -351,6 +355,7 @@ impl PlanCache {
         if let Some(cache) = &self.plans {
             let query = CachedQuery {
                 statement: Arc::new(statement.clone()),
+                placeholder_types: keep.logical.get_parameter_types().ok().map(Arc::new),
                 logical: Arc::new(keep.logical),
                 plan: keep.plan,
                 physical: keep.physical,
@@ -611,6 +616,7 @@ mod tests {
         let (keep, statement) = planned(&state, sql).await;
         let query = CachedQuery {
             statement: Arc::new(statement),
+            placeholder_types: keep.logical.get_parameter_types().ok().map(Arc::new),
             logical: Arc::new(keep.logical),
             plan: keep.plan,
             physical: keep.physical,

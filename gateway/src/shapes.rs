@@ -63,7 +63,7 @@ struct Family {
 struct Shape {
     /// Each value token of the text, in the text's order.
     slots: Vec<Slot>,
-    statement: Statement,
+    statement: Arc<Statement>,
     /// `literal_params`' text of the statement: the plan cache's key.
     text: String,
 }
