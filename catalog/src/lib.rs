@@ -10,6 +10,7 @@ mod error;
 mod glue;
 mod glue_table;
 mod local;
+mod lookup;
 mod model;
 mod small_tables;
 mod types;

@@ -42,6 +42,8 @@ use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
 use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use futures::TryStreamExt;
 
+use crate::lookup::Lookups;
+
 /// Default memory for kept tables, in megabytes.
 pub const DEFAULT_MEGABYTES: u64 = 128;
 
@@ -88,6 +90,8 @@ struct Kept {
     /// An error is given to the queries that waited for this read, and the next query reads
     /// the table again.
     batches: std::result::Result<Option<Vec<RecordBatch>>, Arc<DataFusionError>>,
+    /// The batches' rows by value, for scans that look one up.
+    lookups: Arc<Lookups>,
 }
 
 impl Kept {
@@ -331,15 +335,20 @@ impl SmallTable {
         }
     }
 
+    /// A scan of `kept`'s `batches`: only of the rows a filter looks up, where one does.
     fn memory_scan(
         &self,
+        kept: &Kept,
         batches: &[RecordBatch],
         projection: Option<&Vec<usize>>,
+        filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
+        let schema = self.schema();
+        let narrowed = kept.lookups.narrowed(&schema, batches, filters);
+        let batches = narrowed.unwrap_or_else(|| batches.to_vec());
         let source =
-            MemorySourceConfig::try_new(&[batches.to_vec()], self.schema(), projection.cloned())?
-                .with_limit(limit);
+            MemorySourceConfig::try_new(&[batches], schema, projection.cloned())?.with_limit(limit);
         Ok(DataSourceExec::from_data_source(source))
     }
 
@@ -380,6 +389,7 @@ impl SmallTable {
             files,
             folder,
             batches,
+            lookups: Arc::new(Lookups::new(self.schema().fields().len())),
         })
     }
 }
@@ -406,8 +416,8 @@ impl TableProvider for SmallTable {
         self.files.table_type()
     }
 
-    /// None exact, so DataFusion keeps every filter above the scan: kept batches are not
-    /// filtered. (Only tables without partitions are kept, whose files' answers are inexact
+    /// None exact, so DataFusion keeps every filter above the scan: kept batches are at most
+    /// narrowed to the rows a filter looks up (`lookup`). (Only tables without partitions are kept, whose files' answers are inexact
     /// too; a plan is cached for later queries, when the table may be kept or not.)
     fn supports_filters_pushdown(
         &self,
@@ -432,7 +442,7 @@ impl TableProvider for SmallTable {
             && looked.unchanged(&self.folder)
             && let Ok(Some(batches)) = &kept.batches
         {
-            return self.memory_scan(batches, projection, limit);
+            return self.memory_scan(kept, batches, projection, filters, limit);
         }
         // Taken before the listing below: a change after it shows in the next look.
         let folder = if self.kept.look_at_folders {
@@ -449,7 +459,7 @@ impl TableProvider for SmallTable {
             && !settled_since(kept, folder.as_ref())
             && let Ok(Some(batches)) = &kept.batches
         {
-            return self.memory_scan(batches, projection, limit);
+            return self.memory_scan(kept, batches, projection, filters, limit);
         }
         let listed = self.files.list_files_for_scan(state, &[], None).await?;
         let mut files: Vec<FileStamp> = listed
@@ -484,6 +494,7 @@ impl TableProvider for SmallTable {
                 files,
                 folder,
                 batches: kept.batches.clone(),
+                lookups: kept.lookups.clone(),
             };
             self.kept
                 .kept
@@ -491,7 +502,7 @@ impl TableProvider for SmallTable {
                 .await;
         }
         match &kept.batches {
-            Ok(Some(batches)) => self.memory_scan(batches, projection, limit),
+            Ok(Some(batches)) => self.memory_scan(&kept, batches, projection, filters, limit),
             Ok(None) => self.files.scan(state, projection, filters, limit).await,
             Err(e) => Err(DataFusionError::Shared(e.clone())),
         }

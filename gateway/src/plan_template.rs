@@ -55,6 +55,9 @@ pub struct Template {
 #[derive(Debug)]
 struct TableRead {
     provider: Arc<dyn TableProvider>,
+    /// The filters the scan was given, placeholders in them: with each run's values, they let
+    /// a kept table look its rows up (the filters above the scan apply them all the same).
+    filters: Vec<Expr>,
     projection: Option<Vec<usize>>,
     fetch: Option<usize>,
     schema: SchemaRef,
@@ -67,7 +70,7 @@ impl Template {
     /// The template of `generic` (optimized, placeholders in it), or none where its runs could
     /// differ from a planning with their values.
     pub async fn make(generic: &LogicalPlan, state: &SessionState) -> Option<Template> {
-        let provider = only_table(generic)?;
+        let (provider, filters) = only_table(generic)?;
         let calls = with_parameter_calls(generic).ok()?;
         // The session's own planner: it routes (a query for Athena plans to a node no
         // template takes) and plans the policy barriers.
@@ -80,7 +83,7 @@ impl Template {
             return None;
         }
         let mut table = None;
-        let plan = without_rows(&planned, provider, &mut table).ok()?;
+        let plan = without_rows(&planned, provider, &filters, &mut table).ok()?;
         Some(Template {
             plan,
             table: table?,
@@ -97,9 +100,10 @@ impl Template {
         params: &ParamValues,
     ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
         let read = &self.table;
+        let filters = with_values_in(&read.filters, params);
         let scan = read
             .provider
-            .scan(state, read.projection.as_ref(), &[], read.fetch)
+            .scan(state, read.projection.as_ref(), &filters, read.fetch)
             .await?;
         if memory_scan(&scan).is_none_or(|_| scan.schema() != read.schema) {
             return Ok(None);
@@ -165,11 +169,11 @@ impl Template {
     }
 }
 
-/// The provider of the plan's one table scan (subqueries included), if it has exactly one and
-/// applies none of the filters given to it exactly: DataFusion drops a filter a provider takes
-/// as exact from the plan, and a template's runs scan without filters (all the rows; the plan
-/// above filters them).
-fn only_table(plan: &LogicalPlan) -> Option<Arc<dyn TableProvider>> {
+/// The provider of the plan's one table scan (subqueries included) and the scan's filters, if
+/// it has exactly one and applies none of the filters given to it exactly: DataFusion drops a
+/// filter a provider takes as exact from the plan, and a template's runs apply every filter
+/// above the scan (a scan may only leave out rows they would not keep).
+fn only_table(plan: &LogicalPlan) -> Option<(Arc<dyn TableProvider>, Vec<Expr>)> {
     let mut scans = Vec::new();
     plan.apply_with_subqueries(|node| {
         if let LogicalPlan::TableScan(scan) = node {
@@ -179,7 +183,7 @@ fn only_table(plan: &LogicalPlan) -> Option<Arc<dyn TableProvider>> {
                     .supports_filters_pushdown(&filters)
                     .is_ok_and(|how| !how.contains(&TableProviderFilterPushDown::Exact))
             });
-            scans.push(provider);
+            scans.push(provider.map(|provider| (provider, scan.filters.clone())));
         }
         Ok(TreeNodeRecursion::Continue)
     })
@@ -248,6 +252,7 @@ fn memory_scan(node: &Arc<dyn ExecutionPlan>) -> Option<&MemorySourceConfig> {
 fn without_rows(
     plan: &Arc<dyn ExecutionPlan>,
     provider: Arc<dyn TableProvider>,
+    filters: &[Expr],
     table: &mut Option<TableRead>,
 ) -> Result<Arc<dyn ExecutionPlan>> {
     if let Some(memory) = memory_scan(plan) {
@@ -255,6 +260,7 @@ fn without_rows(
         let stand_in: Arc<dyn ExecutionPlan> = Arc::new(EmptyExec::new(schema.clone()));
         *table = Some(TableRead {
             provider,
+            filters: filters.to_vec(),
             projection: memory.projection().clone(),
             fetch: datafusion::datasource::source::DataSource::fetch(memory),
             schema,
@@ -265,7 +271,7 @@ fn without_rows(
     let children = plan
         .children()
         .into_iter()
-        .map(|child| without_rows(child, provider.clone(), table))
+        .map(|child| without_rows(child, provider.clone(), filters, table))
         .collect::<Result<Vec<_>>>()?;
     if children.is_empty() {
         return Ok(plan.clone());
@@ -276,6 +282,31 @@ fn without_rows(
 /// New children: the node's properties computed again for them.
 fn recompute() -> ReplaceChildrenOptions {
     ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute)
+}
+
+/// The scan's filters with each placeholder replaced by its value, as the type it was planned
+/// with; a filter that cannot take its values is left out (the scan then keeps more rows).
+fn with_values_in(filters: &[Expr], params: &ParamValues) -> Vec<Expr> {
+    let bound = |filter: &Expr| {
+        filter.clone().transform_up(|expr| match expr {
+            Expr::Placeholder(Placeholder {
+                id,
+                field: Some(field),
+            }) => {
+                let given = params.get_placeholders_with_values(&id)?;
+                let value = value_as(&given, field.data_type())?;
+                Ok(Transformed::yes(Expr::Literal(value.value, value.metadata)))
+            }
+            Expr::Placeholder(Placeholder { id, field: None }) => {
+                internal_err!("parameter {id} has no type")
+            }
+            other => Ok(Transformed::no(other)),
+        })
+    };
+    filters
+        .iter()
+        .filter_map(|filter| bound(filter).ok().map(|t| t.data))
+        .collect()
 }
 
 /// `expr` with each parameter's call replaced by its value, as the type it was planned with.
@@ -531,6 +562,40 @@ mod tests {
         }
     }
 
+    /// A table of `n` 1..=3 that takes filters inexactly, and notes those each scan is given.
+    #[derive(Debug)]
+    struct Noting(MemTable, Mutex<Vec<String>>);
+
+    #[async_trait]
+    impl TableProvider for Noting {
+        fn schema(&self) -> SchemaRef {
+            self.0.schema()
+        }
+
+        fn table_type(&self) -> TableType {
+            TableType::Base
+        }
+
+        fn supports_filters_pushdown(
+            &self,
+            filters: &[&Expr],
+        ) -> Result<Vec<TableProviderFilterPushDown>> {
+            Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+        }
+
+        async fn scan(
+            &self,
+            state: &dyn Session,
+            projection: Option<&Vec<usize>>,
+            filters: &[Expr],
+            limit: Option<usize>,
+        ) -> Result<Arc<dyn ExecutionPlan>> {
+            let noted = filters.iter().map(|f| f.to_string()).collect::<Vec<_>>();
+            *self.1.lock().expect("notes") = noted;
+            self.0.scan(state, projection, filters, limit).await
+        }
+    }
+
     fn numbers() -> MemTable {
         let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
         let column = Arc::new(Int64Array::from(vec![1, 2, 3]));
@@ -589,5 +654,21 @@ mod tests {
         assert_eq!(template.runs(), 3);
         let (_, exact) = template_of(Arc::new(Exact(numbers()))).await;
         assert!(exact.is_none(), "no template drops a filter");
+    }
+
+    /// Each run's scan is given the filters with that run's values, as a planning would give
+    /// them: a kept table looks its rows up by them.
+    #[tokio::test]
+    async fn each_run_scans_with_its_values_in_the_filters() {
+        let noting = Arc::new(Noting(numbers(), Mutex::new(Vec::new())));
+        let (state, template) = template_of(noting.clone()).await;
+        let template = template.expect("a template");
+        for n in [2, 3] {
+            let params = ParamValues::List(vec![ScalarValue::Int64(Some(n)).into()]);
+            let plan = template.with_values(&state, &params).await.expect("made");
+            assert!(plan.is_some(), "the table is in memory");
+            let noted = noting.1.lock().expect("notes").clone();
+            assert_eq!(noted, [format!("t.n = Int64({n})")]);
+        }
     }
 }
