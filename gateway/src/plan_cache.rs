@@ -411,8 +411,8 @@ fn template_bytes(plan: &LogicalPlan) -> usize {
 }
 
 // sqlparser's statements are large structs: `SELECT 1` parses to 10 KB.
-const STATEMENT_BYTES: usize = 16 << 10;
-const STATEMENT_BYTES_PER_CHAR: usize = 144;
+pub(crate) const STATEMENT_BYTES: usize = 16 << 10;
+pub(crate) const STATEMENT_BYTES_PER_CHAR: usize = 144;
 const NODE_BYTES: usize = 512;
 const FIELD_BYTES: usize = 192;
 const EXPR_BYTES: usize = 160;

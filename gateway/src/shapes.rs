@@ -33,9 +33,12 @@ use datafusion::sql::sqlparser::parser::Parser;
 use datafusion::sql::sqlparser::tokenizer::{Location, Token, TokenWithSpan};
 
 use crate::literal_params::{self, Parameterized};
+use crate::plan_cache::{STATEMENT_BYTES, STATEMENT_BYTES_PER_CHAR};
 
-/// How many shapes are kept (least recently used first out).
-const MAX_SHAPES: u64 = 4096;
+/// The most the shapes may hold, estimated as the plan cache estimates parsed statements
+/// (least recently used first out): a shape is worth keeping only while it is cheap beside
+/// the plans it leads to.
+const MOST_BYTES: u64 = 32 * 1024 * 1024;
 
 /// Texts of one shape may differ in a value that is not taken out (`LIMIT 10`, `LIMIT 20`):
 /// this many of them are kept side by side. Texts of the shape that match none of them then
@@ -85,11 +88,28 @@ pub struct Known {
 
 impl Default for Shapes {
     fn default() -> Self {
+        Shapes::within(MOST_BYTES)
+    }
+}
+
+impl Shapes {
+    /// Shapes holding at most about `bytes`.
+    fn within(bytes: u64) -> Shapes {
         Shapes {
-            known: moka::sync::Cache::new(MAX_SHAPES),
+            known: moka::sync::Cache::builder()
+                .max_capacity(bytes)
+                .weigher(|key: &Vec<Token>, family: &Arc<Family>| {
+                    let bytes = key.len() * TOKEN_BYTES
+                        + family.variants.iter().map(|s| s.bytes()).sum::<usize>();
+                    u32::try_from(bytes).unwrap_or(u32::MAX)
+                })
+                .build(),
         }
     }
 }
+
+/// A token's estimated bytes (the enum and a short string of its own).
+const TOKEN_BYTES: usize = 64;
 
 impl Shapes {
     /// `sql` as the statement of a known shape, or None: it is then to be parsed.
@@ -148,6 +168,13 @@ impl Shapes {
 }
 
 impl Shape {
+    /// Estimated bytes held: the statement (as `plan_cache` weighs one), its text, the slots.
+    fn bytes(&self) -> usize {
+        self.text.len() * (1 + STATEMENT_BYTES_PER_CHAR)
+            + STATEMENT_BYTES
+            + self.slots.len() * TOKEN_BYTES
+    }
+
     /// This shape's statement with `values` (the text's value tokens) in their places.
     fn with(&self, values: &[&TokenWithSpan]) -> Option<Known> {
         if values.len() != self.slots.len() {
@@ -538,6 +565,22 @@ mod tests {
         let other = "SELECT x FROM t AS i WHERE i.indisprimary = 'x'";
         assert_eq!(found(&shapes, other), Some(parsed(other)));
         assert!(found(&shapes, "SELECT x FROM t AS i WHERE i.indisprimary = 't'").is_none());
+    }
+
+    #[test]
+    fn shapes_stay_within_their_budget() {
+        let shapes = Shapes::within(1 << 20);
+        for i in 0..120 {
+            learned(&shapes, &format!("SELECT c{i} FROM t WHERE id = 1"));
+        }
+        shapes.known.run_pending_tasks();
+        assert!(shapes.known.weighted_size() <= 1 << 20);
+        let kept = shapes.known.entry_count();
+        assert!((20..120).contains(&kept), "{kept} shapes kept");
+        let still_found = (0..120)
+            .filter(|i| found(&shapes, &format!("SELECT c{i} FROM t WHERE id = 2")).is_some())
+            .count();
+        assert_eq!(u64::try_from(still_found).ok(), Some(kept));
     }
 
     #[test]
