@@ -10,8 +10,9 @@ use std::sync::Arc;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::catalog::MemTable;
-use datafusion::common::TableReference;
+use datafusion::common::{ParamValues, ScalarValue, TableReference};
 use datafusion::execution::SessionStateBuilder;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
 use lakegate_policy::{
     ColumnMeta, Decision, Identity, PolicySet, PolicySource, PolicyView, TableMeta, compile_access,
@@ -134,6 +135,19 @@ async fn plan(ctx: &SessionContext) {
     state.optimize(&plan).expect("optimize");
 }
 
+/// QUERY with its value taken out, as the gateway takes values out of a text
+/// (`literal_params`): the shape a BI tile sends again with the user's next filter value.
+const GENERIC: &str = "SELECT s.country, p.c5 AS brand, h.c6 AS specialty, count(*) AS n, sum(s.amount) AS net \
+    FROM sales s JOIN hcp h ON h.id = s.id JOIN products p ON p.id = s.id \
+    WHERE s.c7 LIKE 'A%' AND h.c8 <> $1 GROUP BY s.country, p.c5, h.c6 ORDER BY net DESC LIMIT 100";
+
+/// GENERIC analyzed and optimized once (policy applied), as the gateway's plan cache keeps it.
+async fn generic(ctx: &SessionContext) -> LogicalPlan {
+    let state = ctx.state();
+    let plan = state.create_logical_plan(GENERIC).await.expect("plan");
+    state.optimize(&plan).expect("optimize")
+}
+
 fn bench(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -147,6 +161,22 @@ fn bench(c: &mut Criterion) {
         let ctx = policed(&policy(rules));
         group.bench_with_input(BenchmarkId::new("with_policy", rules), &ctx, |b, ctx| {
             b.to_async(&runtime).iter(|| plan(ctx))
+        });
+    }
+    group.finish();
+
+    // A query whose shape was planned before: its next values are bound into the kept plan,
+    // policy already on it (what the gateway does for a repeated BI tile).
+    let mut group = c.benchmark_group("bind_bi_query_values");
+    let params = ParamValues::List(vec![ScalarValue::Utf8(Some("y".into())).into()]);
+    let kept = runtime.block_on(generic(&peer));
+    group.bench_function("datafusion_without_policy", |b| {
+        b.iter(|| kept.clone().replace_params_with_values(&params))
+    });
+    for rules in [10, 100, 1000] {
+        let kept = runtime.block_on(generic(&policed(&policy(rules))));
+        group.bench_with_input(BenchmarkId::new("with_policy", rules), &kept, |b, kept| {
+            b.iter(|| kept.clone().replace_params_with_values(&params))
         });
     }
     group.finish();
