@@ -417,8 +417,9 @@ impl TableProvider for SmallTable {
     }
 
     /// None exact, so DataFusion keeps every filter above the scan: kept batches are at most
-    /// narrowed to the rows a filter looks up (`lookup`). (Only tables without partitions are kept, whose files' answers are inexact
-    /// too; a plan is cached for later queries, when the table may be kept or not.)
+    /// narrowed to the rows a filter looks up (`lookup`). (Only tables without partitions are
+    /// kept, whose files' answers are inexact too; a plan is cached for later queries, when
+    /// the table may be kept or not.)
     fn supports_filters_pushdown(
         &self,
         filters: &[&Expr],

@@ -246,7 +246,7 @@ fn cursor_shape<C: ClientInfo + ?Sized>(client: &C, name: &str) -> DFSchemaRef {
 pub struct LakeParser {
     lake: Arc<Lake>,
     sql_parser: PostgresCompatibilityParser,
-    /// Simple-protocol texts of a shape parsed before are not parsed again.
+    /// Texts of a shape parsed before are not parsed again (simple queries and Parse).
     shapes: Shapes,
 }
 
