@@ -530,46 +530,29 @@ mod tests {
     use datafusion::logical_expr::TableType;
     use datafusion::prelude::SessionContext;
 
-    /// A table of `n` 1..=3 that says it applies filters itself, exactly (and does not).
+    /// A table of `n` 1..=3 that says it applies filters as `how` says (it applies none), and
+    /// notes the filters each scan is given.
     #[derive(Debug)]
-    struct Exact(MemTable);
+    struct Pushing {
+        table: MemTable,
+        how: TableProviderFilterPushDown,
+        noted: Mutex<Vec<String>>,
+    }
 
-    #[async_trait]
-    impl TableProvider for Exact {
-        fn schema(&self) -> SchemaRef {
-            self.0.schema()
-        }
-
-        fn table_type(&self) -> TableType {
-            TableType::Base
-        }
-
-        fn supports_filters_pushdown(
-            &self,
-            filters: &[&Expr],
-        ) -> Result<Vec<TableProviderFilterPushDown>> {
-            Ok(vec![TableProviderFilterPushDown::Exact; filters.len()])
-        }
-
-        async fn scan(
-            &self,
-            state: &dyn Session,
-            projection: Option<&Vec<usize>>,
-            filters: &[Expr],
-            limit: Option<usize>,
-        ) -> Result<Arc<dyn ExecutionPlan>> {
-            self.0.scan(state, projection, filters, limit).await
+    impl Pushing {
+        fn new(how: TableProviderFilterPushDown) -> Arc<Pushing> {
+            Arc::new(Pushing {
+                table: numbers(),
+                how,
+                noted: Mutex::new(Vec::new()),
+            })
         }
     }
 
-    /// A table of `n` 1..=3 that takes filters inexactly, and notes those each scan is given.
-    #[derive(Debug)]
-    struct Noting(MemTable, Mutex<Vec<String>>);
-
     #[async_trait]
-    impl TableProvider for Noting {
+    impl TableProvider for Pushing {
         fn schema(&self) -> SchemaRef {
-            self.0.schema()
+            self.table.schema()
         }
 
         fn table_type(&self) -> TableType {
@@ -580,7 +563,7 @@ mod tests {
             &self,
             filters: &[&Expr],
         ) -> Result<Vec<TableProviderFilterPushDown>> {
-            Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+            Ok(vec![self.how.clone(); filters.len()])
         }
 
         async fn scan(
@@ -591,8 +574,8 @@ mod tests {
             limit: Option<usize>,
         ) -> Result<Arc<dyn ExecutionPlan>> {
             let noted = filters.iter().map(|f| f.to_string()).collect::<Vec<_>>();
-            *self.1.lock().expect("notes") = noted;
-            self.0.scan(state, projection, filters, limit).await
+            *self.noted.lock().expect("notes") = noted;
+            self.table.scan(state, projection, filters, limit).await
         }
     }
 
@@ -652,7 +635,7 @@ mod tests {
             assert_eq!(found, expected, "n = {n}");
         }
         assert_eq!(template.runs(), 3);
-        let (_, exact) = template_of(Arc::new(Exact(numbers()))).await;
+        let (_, exact) = template_of(Pushing::new(TableProviderFilterPushDown::Exact)).await;
         assert!(exact.is_none(), "no template drops a filter");
     }
 
@@ -660,14 +643,14 @@ mod tests {
     /// them: a kept table looks its rows up by them.
     #[tokio::test]
     async fn each_run_scans_with_its_values_in_the_filters() {
-        let noting = Arc::new(Noting(numbers(), Mutex::new(Vec::new())));
+        let noting = Pushing::new(TableProviderFilterPushDown::Inexact);
         let (state, template) = template_of(noting.clone()).await;
         let template = template.expect("a template");
         for n in [2, 3] {
             let params = ParamValues::List(vec![ScalarValue::Int64(Some(n)).into()]);
             let plan = template.with_values(&state, &params).await.expect("made");
             assert!(plan.is_some(), "the table is in memory");
-            let noted = noting.1.lock().expect("notes").clone();
+            let noted = noting.noted.lock().expect("notes").clone();
             assert_eq!(noted, [format!("t.n = Int64({n})")]);
         }
     }
