@@ -311,8 +311,7 @@ async fn plan_literals(session: &UserSession, literals: &Parameterized) -> Optio
 }
 
 /// The plan a query's shape was kept with (`plan_literals`), its values bound in.
-fn described_by_shape(session: &UserSession, statement: &Statement) -> Option<LogicalPlan> {
-    let literals = literal_params::parameterize(statement)?;
+fn described_by_shape(session: &UserSession, literals: &Parameterized) -> Option<LogicalPlan> {
     let key = QueryText::Literals(literals.text.clone());
     let cached = session.plans()?.get(&key)?;
     if !(cached.placeholder_types.as_deref()).is_some_and(|t| literals.fits_types(t)) {
@@ -844,7 +843,7 @@ impl QueryParser for LakeParser {
     {
         let session = user_session(&self.lake, client).await?;
         // Drivers such as Npgsql send values written into the text this way too.
-        let (mut statements, _) = self.statements(sql)?;
+        let (mut statements, literals) = self.statements(sql)?;
         if statements.is_empty() {
             return Ok(None);
         }
@@ -872,7 +871,10 @@ impl QueryParser for LakeParser {
             Statement::Query(_) if let Some(cached) = cached() => cached.logical.as_ref().clone(),
             // So is one whose shape ran before with other values: they are bound into it, and
             // the client is told of no parameters, as it sent none.
-            Statement::Query(_) if let Some(plan) = described_by_shape(&session, &statement) => {
+            Statement::Query(_)
+                if let Some(plan) = (literals.as_ref())
+                    .and_then(|literals| described_by_shape(&session, literals)) =>
+            {
                 plan
             }
             Statement::Query(_) | Statement::Explain { .. } => {
@@ -1230,7 +1232,7 @@ mod tests {
             assert_eq!(run(&session, again, &sql(id)).await, visible, "{id}");
         }
         // described at Parse from the kept plan, the values bound: no parameters to ask for
-        let described = described_by_shape(&session, &parse(&sql("9"))).expect("described");
+        let described = described_by_shape(&session, &taken_out(&sql("9"))).expect("described");
         assert!(described.get_parameter_types().expect("types").is_empty());
         // a string for a number column is planned as written
         assert!(
