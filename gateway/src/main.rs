@@ -28,6 +28,7 @@ mod gate;
 mod handler;
 mod information_schema;
 mod json_functions;
+mod kept_run;
 mod lake;
 mod like_escape;
 mod literal_params;

@@ -11,6 +11,8 @@
 //! Only where that gives the plan a planning would: one table, read from memory, beneath
 //! nodes that keep no state between runs, with values only in filters and projections (the
 //! nodes whose expressions are built again here). Any other plan is planned on every run.
+//! Where the plan is only filters and projections above its scan (a lookup's is), a run builds
+//! no nodes at all: `kept_run` applies their expressions to the kept rows.
 use std::any::Any;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,6 +42,7 @@ use datafusion::physical_plan::filter::{FilterExec, FilterExecBuilder};
 use datafusion::physical_plan::projection::{ProjectionExec, ProjectionExpr};
 use lakegate_policy::PolicyBarrierExec;
 
+use crate::kept_run::Chain;
 use crate::plan_cache::keeps_no_state;
 
 /// A generic plan's physical plan, with its values and its table's rows left out.
@@ -47,6 +50,9 @@ use crate::plan_cache::keeps_no_state;
 pub struct Template {
     plan: Arc<dyn ExecutionPlan>,
     table: TableRead,
+    /// The plan's filters and projections, where it is only those above its scan: a run then
+    /// applies them to the kept rows without building the nodes.
+    chain: Option<Chain>,
     /// Plans made from it.
     runs: AtomicU64,
 }
@@ -84,9 +90,16 @@ impl Template {
         }
         let mut table = None;
         let plan = without_rows(&planned, provider, &filters, &mut table).ok()?;
+        let table = table?;
+        let chain = table
+            .fetch
+            .is_none()
+            .then(|| Chain::of(&plan, &table.stand_in))
+            .flatten();
         Some(Template {
             plan,
-            table: table?,
+            table,
+            chain,
             runs: AtomicU64::new(0),
         })
     }
@@ -105,8 +118,18 @@ impl Template {
             .provider
             .scan(state, read.projection.as_ref(), &filters, read.fetch)
             .await?;
-        if memory_scan(&scan).is_none_or(|_| scan.schema() != read.schema) {
+        let Some(memory) = memory_scan(&scan).filter(|_| scan.schema() == read.schema) else {
             return Ok(None);
+        };
+        if let Some(chain) = &self.chain
+            && datafusion::datasource::source::DataSource::fetch(memory).is_none()
+        {
+            let bound = chain.bound(|expr| bind(expr, params))?;
+            if bound.holds(&|expr| parameter_of(expr).is_some()) {
+                return internal_err!("a parameter was left unbound in a kept plan");
+            }
+            self.runs.fetch_add(1, Ordering::Relaxed);
+            return bound.over(memory).map(Some);
         }
         let plan = self.build(&self.plan, &scan, params)?;
         if holds_parameters(&plan)? {
@@ -637,6 +660,101 @@ mod tests {
         assert_eq!(template.runs(), 3);
         let (_, exact) = template_of(Pushing::new(TableProviderFilterPushDown::Exact)).await;
         assert!(exact.is_none(), "no template drops a filter");
+    }
+
+    /// Rows of `batches` as text lines, sorted (the order of a query without ORDER BY is
+    /// not part of its answer), with the columns' names and types.
+    fn answer(batches: &[RecordBatch]) -> (Vec<String>, Vec<String>) {
+        let batches: Vec<RecordBatch> = batches
+            .iter()
+            .filter(|b| b.num_rows() > 0)
+            .cloned()
+            .collect();
+        let columns = batches.first().map_or_else(Vec::new, |b| {
+            let schema = b.schema();
+            let fields = schema.fields().iter();
+            fields
+                .map(|f| format!("{} {}", f.name(), f.data_type()))
+                .collect()
+        });
+        let shown = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+            .expect("formats")
+            .to_string();
+        let mut rows: Vec<String> = shown
+            .lines()
+            .filter(|line| line.starts_with('|'))
+            .skip(1)
+            .map(str::to_string)
+            .collect();
+        rows.sort();
+        (columns, rows)
+    }
+
+    /// A run of a template's filters and projections over the kept rows answers as the query
+    /// planned with its values does: nulls, predicates that are null, expressions of the
+    /// value in the projection, rows in two partitions, no rows at all.
+    #[tokio::test]
+    async fn a_run_over_kept_rows_answers_as_a_planned_run() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("n", DataType::Int64, true),
+            Field::new("s", DataType::Utf8, true),
+        ]));
+        let batch = |n: Vec<Option<i64>>, s: Vec<Option<&str>>| {
+            let n = Arc::new(Int64Array::from(n));
+            let s = Arc::new(datafusion::arrow::array::StringArray::from(s));
+            RecordBatch::try_new(schema.clone(), vec![n, s]).expect("batch")
+        };
+        let first = batch(
+            vec![Some(1), Some(2), None],
+            vec![Some("a"), None, Some("c")],
+        );
+        let second = batch(vec![Some(3), Some(4)], vec![Some("d"), Some("e")]);
+        let table =
+            MemTable::try_new(schema.clone(), vec![vec![first], vec![second]]).expect("table");
+        let context = SessionContext::new();
+        context
+            .register_table("t", Arc::new(table))
+            .expect("registered");
+        let state = context.state();
+        let cases = [
+            "SELECT s, n + $1 AS m FROM t WHERE n > $1",
+            "SELECT upper(s) AS u, n FROM t WHERE n = $1 OR s = 'c'",
+            "SELECT n FROM t WHERE s IS NULL OR n <> $1",
+            "SELECT n * $1 AS v, s FROM t WHERE n IN (1, $1)",
+            "SELECT * FROM t WHERE n BETWEEN $1 AND $1 + 1",
+        ];
+        let values = [Some(1), Some(3), Some(9), None];
+        let mut rows = 0;
+        for sql in cases {
+            let plan = state.create_logical_plan(sql).await.expect("plans");
+            let generic = state.optimize(&plan).expect("optimizes");
+            let template = Template::make(&generic, &state).await.expect(sql);
+            assert!(template.chain.is_some(), "{sql}: runs over the kept rows");
+            for value in values {
+                let params = ParamValues::List(vec![ScalarValue::Int64(value).into()]);
+                let run = template
+                    .with_values(&state, &params)
+                    .await
+                    .expect("made")
+                    .expect("the table is in memory");
+                assert_eq!(run.name(), "LakegateKeptRunExec", "{sql}");
+                let ran = datafusion::physical_plan::collect(run, state.task_ctx())
+                    .await
+                    .expect("runs");
+                let with_values = plan.clone().with_param_values(params).expect("binds");
+                let planned = context
+                    .execute_logical_plan(with_values)
+                    .await
+                    .expect("plans with its values")
+                    .collect()
+                    .await
+                    .expect("runs");
+                let ran = answer(&ran);
+                rows += ran.1.len();
+                assert_eq!(ran, answer(&planned), "{sql} with {value:?}");
+            }
+        }
+        assert!(rows > 10, "the cases find rows");
     }
 
     /// Each run's scan is given the filters with that run's values, as a planning would give
