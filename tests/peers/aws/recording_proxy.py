@@ -74,9 +74,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Length", response.getheader("Content-Length", "0"))
         else:
             self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(payload)
+        try:
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            # The caller left before the whole answer (it stopped reading once it had what
+            # it needed); the request is recorded, and the proxy serves the next caller.
+            self.close_connection = True
 
     do_GET = do_POST = do_PUT = do_HEAD = do_DELETE = forward
 
