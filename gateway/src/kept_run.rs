@@ -23,11 +23,13 @@ use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::projection::{ProjectionExprs, Projector};
 use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::coop::make_cooperative;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::projection::{ProjectionExec, ProjectionExpr};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use futures::TryStreamExt;
 use lakegate_policy::PolicyBarrierExec;
 
 /// One node of a chain, as its stream would treat a batch.
@@ -129,10 +131,11 @@ impl Chain {
 
     /// The node that runs this (bound) chain over the rows `scan` holds.
     pub fn over(self, scan: &MemorySourceConfig) -> Result<Arc<dyn ExecutionPlan>> {
-        let mut schema = match scan.projection() {
+        let read = match scan.projection() {
             Some(columns) => Arc::new(scan.original_schema().project(columns)?),
             None => scan.original_schema(),
         };
+        let mut schema = read.clone();
         let mut stages = Vec::with_capacity(self.0.len());
         for step in self.0 {
             stages.push(match step {
@@ -164,6 +167,7 @@ impl Chain {
         Ok(Arc::new(KeptRunExec {
             batches: scan.partitions().iter().flatten().cloned().collect(),
             projection: scan.projection().clone(),
+            read,
             stages: stages.into(),
             schema,
             properties: Arc::new(properties),
@@ -187,25 +191,29 @@ pub struct KeptRunExec {
     batches: Vec<RecordBatch>,
     /// The scan's columns, as the kept batches hold the whole table.
     projection: Option<Vec<usize>>,
+    /// The batches' schema once projected to the scan's columns.
+    read: SchemaRef,
     stages: Arc<[Stage]>,
     schema: SchemaRef,
     properties: Arc<PlanProperties>,
 }
 
 impl KeptRunExec {
-    fn run(&self) -> impl Iterator<Item = Result<RecordBatch>> + Send + 'static {
+    /// The kept batches, projected to the scan's columns, as a stream that gives way to the
+    /// worker's other tasks when its budget is spent, as DataFusion's memory scan does: a
+    /// filter that keeps no row of a large table must not hold the worker for all of it.
+    fn read(&self) -> SendableRecordBatchStream {
         let projection = self.projection.clone();
-        let stages = self.stages.clone();
-        self.batches.clone().into_iter().filter_map(move |batch| {
-            let batch = match &projection {
-                Some(columns) => match batch.project(columns) {
-                    Ok(batch) => batch,
-                    Err(error) => return Some(Err(error.into())),
-                },
+        let batches = self.batches.clone().into_iter().map(move |batch| {
+            Ok(match &projection {
+                Some(columns) => batch.project(columns)?,
                 None => batch,
-            };
-            run_stages(&stages, batch).transpose()
-        })
+            })
+        });
+        make_cooperative(Box::pin(RecordBatchStreamAdapter::new(
+            self.read.clone(),
+            futures::stream::iter(batches),
+        )))
     }
 }
 
@@ -308,7 +316,10 @@ impl ExecutionPlan for KeptRunExec {
         if partition != 0 {
             return internal_err!("LakegateKeptRunExec has one partition, not {partition}");
         }
-        let rows = futures::stream::iter(self.run());
+        let stages = self.stages.clone();
+        let rows = self
+            .read()
+            .try_filter_map(move |batch| std::future::ready(run_stages(&stages, batch)));
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             self.schema.clone(),
             rows,

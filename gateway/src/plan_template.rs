@@ -757,6 +757,36 @@ mod tests {
         assert!(rows > 10, "the cases find rows");
     }
 
+    /// A run whose filter keeps no row of many kept batches gives way to the worker's other
+    /// tasks before it has read them all, as DataFusion's memory scan does.
+    #[tokio::test]
+    async fn a_run_over_many_batches_gives_way() {
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+        let batches = (0..1000)
+            .map(|n| {
+                let column = Arc::new(Int64Array::from(vec![n]));
+                RecordBatch::try_new(schema.clone(), vec![column]).expect("batch")
+            })
+            .collect();
+        let table = MemTable::try_new(schema, vec![batches]).expect("table");
+        let (state, template) = template_of(Arc::new(table)).await;
+        let template = template.expect("a template");
+        let params = ParamValues::List(vec![ScalarValue::Int64(Some(-1)).into()]);
+        let run = template
+            .with_values(&state, &params)
+            .await
+            .expect("made")
+            .expect("the table is in memory");
+        assert_eq!(run.name(), "LakegateKeptRunExec");
+        let mut rows = run.execute(0, state.task_ctx()).expect("runs");
+        let first = futures::poll!(futures::StreamExt::next(&mut rows));
+        assert!(first.is_pending(), "read all 1,000 batches in one go");
+        assert!(
+            futures::StreamExt::next(&mut rows).await.is_none(),
+            "no row is -1"
+        );
+    }
+
     /// Each run's scan is given the filters with that run's values, as a planning would give
     /// them: a kept table looks its rows up by them.
     #[tokio::test]
