@@ -44,7 +44,7 @@ use crate::peer::PeerWatch;
 use crate::pg_compat;
 use crate::plan_cache::{self, CachedQuery, Planned, QueryText};
 use crate::settings::Settings;
-use crate::shapes::Shapes;
+use crate::shapes::{Known, Shapes};
 use crate::sync_flush::{PgwireDefaults, SyncFlush};
 
 /// A prepared statement: its text and, unless empty, the parsed statement and its plan.
@@ -294,20 +294,27 @@ async fn plan_statement(
 /// made now with placeholders, to be kept; None where the values do not fit the placeholders'
 /// types (or the text with placeholders does not plan), and the text is planned as written.
 async fn plan_literals(session: &UserSession, literals: &Parameterized) -> Option<Planned> {
-    let plans = session.plans()?;
-    let key = QueryText::Literals(literals.text.clone());
-    if let Some(cached) = plans.get(&key)
-        && (cached.placeholder_types.as_deref()).is_some_and(|t| literals.fits_types(t))
-    {
-        tracing::debug!("plan cache hit, values taken out");
-        return Some(Planned::cached(cached, Some(literals.params())));
+    if let Some(kept) = kept_literals(session, literals) {
+        return Some(kept);
     }
+    let key = QueryText::Literals(literals.text.clone());
     let plan = plan_statement(session, &literals.statement).await.ok()?;
     literals.fits(&plan).then(|| Planned::Fresh {
         plan,
         params: Some(literals.params()),
         text: Some(key),
     })
+}
+
+/// The kept plan of a query with its values taken out, where one fits them.
+fn kept_literals(session: &UserSession, literals: &Parameterized) -> Option<Planned> {
+    let key = QueryText::Literals(literals.text.clone());
+    let cached = session.plans()?.get(&key)?;
+    if !(cached.placeholder_types.as_deref()).is_some_and(|t| literals.fits_types(t)) {
+        return None;
+    }
+    tracing::debug!("plan cache hit, values taken out");
+    Some(Planned::cached(cached, Some(literals.params())))
 }
 
 /// The plan a query's shape was kept with (`plan_literals`), its values bound in.
@@ -704,7 +711,15 @@ impl SimpleQueryHandler for QueryHandler {
             return Ok(vec![self.run_cached(client, &session, cached).await?]);
         }
         // The same query with other values may have been planned before, with placeholders.
-        let (statements, mut literals) = self.parser.statements(query)?;
+        let (statements, mut literals) = match self.parser.parsed(query)? {
+            Parsed::Known(known) => {
+                if let Some(response) = self.run_known(client, &session, &known).await? {
+                    return Ok(vec![response]);
+                }
+                self.parser.statements_of(known, query)?
+            }
+            Parsed::Statements(statements, literals) => (statements, literals),
+        };
         if statements.is_empty() {
             return Ok(vec![Response::EmptyQuery]);
         }
@@ -790,6 +805,43 @@ impl SimpleQueryHandler for QueryHandler {
 }
 
 impl QueryHandler {
+    /// Runs a simple query of a shape parsed before (`shapes`) whose plan is kept with its
+    /// values taken out, without making its statement: a shape is of one query, so of the steps
+    /// before planning the statement gate and the hooks apply, and they go by the shape's
+    /// statement (neither looks at values). None, with nothing done yet, where no plan is kept.
+    async fn run_known<C>(
+        &self,
+        client: &mut C,
+        session: &UserSession,
+        known: &Known,
+    ) -> PgWireResult<Option<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let Some(plan) = kept_literals(session, &known.literals) else {
+            return Ok(None);
+        };
+        let statement = known.literals.statement.as_ref();
+        if let Err(e) = gate::check(statement) {
+            tracing::info!(user = %session.identity.name, sqlstate = e.sqlstate(), "statement refused");
+            return Err(e.into());
+        }
+        for hook in &self.hooks {
+            if let Some(result) = hook
+                .handle_simple_query(statement, hook_context(session, statement), client)
+                .await
+            {
+                return result.map(Some);
+            }
+        }
+        let response =
+            execute(client, session, statement, plan, &Format::UnifiedText, true).await?;
+        Ok(Some(Response::Query(response)))
+    }
+
     /// Runs a simple query whose plan was cached: only a query (`Statement::Query`) is, so of
     /// the steps before planning only the hooks apply (a failed transaction refuses it).
     async fn run_cached<C>(
@@ -937,13 +989,48 @@ impl QueryParser for LakeParser {
     }
 }
 
+/// A text as the handlers take it in: of a shape parsed before (`shapes`), its statement not
+/// yet made, or parsed now, with its values taken out where it is one query.
+enum Parsed {
+    Known(Known),
+    Statements(Vec<Statement>, Option<Parameterized>),
+}
+
 impl LakeParser {
+    /// `sql` by its shape, where a text of it was parsed before, or parsed.
+    fn parsed(&self, sql: &str) -> Result<Parsed, QueryError> {
+        if let Some(known) = self.shapes.find(sql) {
+            return Ok(Parsed::Known(known));
+        }
+        let (statements, literals) = self.parse_and_learn(sql)?;
+        Ok(Parsed::Statements(statements, literals))
+    }
+
     /// The statements of `sql` and, for a text of one query, its values taken out
     /// (`literal_params`): from its shape where a text of it was parsed before (`shapes`).
     fn statements(&self, sql: &str) -> Result<(Vec<Statement>, Option<Parameterized>), QueryError> {
-        if let Some(known) = self.shapes.find(sql) {
-            return Ok((vec![known.statement], Some(known.literals)));
+        match self.parsed(sql)? {
+            Parsed::Known(known) => self.statements_of(known, sql),
+            Parsed::Statements(statements, literals) => Ok((statements, literals)),
         }
+    }
+
+    /// The statement of `sql`, found as `known`.
+    fn statements_of(
+        &self,
+        known: Known,
+        sql: &str,
+    ) -> Result<(Vec<Statement>, Option<Parameterized>), QueryError> {
+        match known.statement() {
+            Some(statement) => Ok((vec![statement], Some(known.literals))),
+            None => self.parse_and_learn(sql),
+        }
+    }
+
+    fn parse_and_learn(
+        &self,
+        sql: &str,
+    ) -> Result<(Vec<Statement>, Option<Parameterized>), QueryError> {
         let statements = self.parse(sql)?;
         let literals = match statements.as_slice() {
             [statement @ Statement::Query(_)] => literal_params::parameterize(statement),

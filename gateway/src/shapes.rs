@@ -79,11 +79,19 @@ enum Slot {
     Taken(usize),
 }
 
-/// A text of a known shape: its statement, as a parse would give it, and its values taken out.
+/// A text of a known shape: its values taken out, and as written, to make the statement a
+/// parse would give where one is needed (a shape's plan kept in the cache needs none).
 #[derive(Debug)]
 pub struct Known {
-    pub statement: Statement,
     pub literals: Parameterized,
+    written: Vec<Value>,
+}
+
+impl Known {
+    /// The text's statement, as a parse gives it: its shape's with its values in their places.
+    pub fn statement(&self) -> Option<Statement> {
+        with_values(&self.literals.statement, &self.written)
+    }
 }
 
 impl Default for Shapes {
@@ -193,15 +201,14 @@ impl Shape {
                 }
             }
         }
-        let taken: Vec<(ScalarValue, Value)> = taken.into_iter().collect::<Option<_>>()?;
-        let statement = with_values(&self.statement, &taken)?;
+        let (values, written) = taken.into_iter().collect::<Option<(Vec<_>, Vec<_>)>>()?;
         Some(Known {
-            statement,
             literals: Parameterized {
                 statement: self.statement.clone(),
                 text: self.text.clone(),
-                values: taken.into_iter().map(|(scalar, _)| scalar).collect(),
+                values,
             },
+            written,
         })
     }
 }
@@ -288,7 +295,7 @@ fn slots(values: &[&TokenWithSpan], taken: &[ScalarValue]) -> Option<Vec<Slot>> 
 }
 
 /// `statement` with each placeholder `$n` replaced by the `n`th value.
-fn with_values(statement: &Statement, values: &[(ScalarValue, Value)]) -> Option<Statement> {
+fn with_values(statement: &Statement, values: &[Value]) -> Option<Statement> {
     let mut statement = statement.clone();
     let mut unknown = false;
     let _ = visit_expressions_mut(&mut statement, |expr| {
@@ -300,7 +307,7 @@ fn with_values(statement: &Statement, values: &[(ScalarValue, Value)]) -> Option
                 .and_then(|n| n.parse::<usize>().ok())
                 .and_then(|n| values.get(n.checked_sub(1)?));
             match value {
-                Some((_, value)) => literal.value = value.clone(),
+                Some(value) => literal.value = value.clone(),
                 None => unknown = true,
             }
         }
@@ -423,9 +430,13 @@ mod tests {
     }
 
     fn found(shapes: &Shapes, sql: &str) -> Option<(Statement, String, Vec<ScalarValue>)> {
-        shapes
-            .find(sql)
-            .map(|k| (k.statement, k.literals.text, k.literals.values))
+        shapes.find(sql).map(|k| {
+            (
+                k.statement().expect("values fit"),
+                k.literals.text,
+                k.literals.values,
+            )
+        })
     }
 
     #[test]

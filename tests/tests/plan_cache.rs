@@ -101,14 +101,26 @@ async fn a_failed_transaction_refuses_a_repeated_query() {
     let carol = gateway.connect("carol").await;
     let sql = "SELECT count(*) FROM hcp";
     let count = rows(&carol, sql).await.expect("first run");
+    // A text of a shape run before, with a value of its own, is refused as well: its plan is
+    // kept with the value taken out, and it is run without being parsed.
+    let shape = |id: u32| format!("SELECT full_name FROM hcp WHERE hcp_id = {id}");
+    for id in [1, 2] {
+        rows(&carol, &shape(id)).await.expect("the shape runs");
+    }
+    let third = rows(&carol, &shape(3)).await.expect("a third value");
     rows(&carol, "BEGIN").await.expect("BEGIN");
     assert_eq!(
         sqlstate(rows(&carol, "SELECT * FROM no_such_table").await),
         "42P01"
     );
     assert_eq!(sqlstate(rows(&carol, sql).await), "25P01");
+    assert_eq!(sqlstate(rows(&carol, &shape(4)).await), "25P01");
     rows(&carol, "ROLLBACK").await.expect("ROLLBACK");
     assert_eq!(rows(&carol, sql).await.expect("after ROLLBACK"), count);
+    assert_eq!(
+        rows(&carol, &shape(3)).await.expect("after ROLLBACK"),
+        third
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
