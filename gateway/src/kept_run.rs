@@ -33,7 +33,7 @@ use futures::TryStreamExt;
 use lakegate_policy::PolicyBarrierExec;
 
 /// One node of a chain, as its stream would treat a batch.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 enum Step {
     /// A `FilterExec`: the predicate on its input, then its projection, then the rows where
     /// the predicate is true (null is not true).
@@ -43,6 +43,15 @@ enum Step {
     },
     /// A `ProjectionExec`: its expressions, named as it names them.
     Project(Vec<ProjectionExpr>),
+}
+
+impl Step {
+    fn exprs(&self) -> Vec<&Arc<dyn PhysicalExpr>> {
+        match self {
+            Step::Filter { predicate, .. } => vec![predicate],
+            Step::Project(exprs) => exprs.iter().map(|e| &e.expr).collect(),
+        }
+    }
 }
 
 /// The filters and projections between a template's top and its scan, bottom up, with the
@@ -111,11 +120,7 @@ impl Chain {
 
     /// Whether any of the chain's expressions has a part for which `found` holds.
     pub fn holds(&self, found: &dyn Fn(&dyn PhysicalExpr) -> bool) -> bool {
-        let mut exprs = self.0.iter().flat_map(|step| match step {
-            Step::Filter { predicate, .. } => vec![predicate],
-            Step::Project(exprs) => exprs.iter().map(|e| &e.expr).collect(),
-        });
-        exprs.any(|expr| {
+        self.0.iter().flat_map(Step::exprs).any(|expr| {
             let mut hit = false;
             let _ = expr.apply(|e| {
                 hit = found(e.as_ref());
@@ -183,6 +188,15 @@ enum Stage {
         projection: Option<Vec<usize>>,
     },
     Project(Projector),
+}
+
+impl Stage {
+    fn exprs(&self) -> Vec<&Arc<dyn PhysicalExpr>> {
+        match self {
+            Stage::Filter { predicate, .. } => vec![predicate],
+            Stage::Project(projector) => projector.projection().iter().map(|e| &e.expr).collect(),
+        }
+    }
 }
 
 /// A run of a template's chain over the kept batches its scan found for the run's values.
@@ -276,22 +290,9 @@ impl ExecutionPlan for KeptRunExec {
         &self,
         f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
     ) -> Result<TreeNodeRecursion> {
-        for stage in self.stages.iter() {
-            let recursion = match stage {
-                Stage::Filter { predicate, .. } => f(predicate)?,
-                Stage::Project(projector) => {
-                    let mut recursion = TreeNodeRecursion::Continue;
-                    for e in projector.projection().iter() {
-                        recursion = f(&e.expr)?;
-                        if recursion == TreeNodeRecursion::Stop {
-                            break;
-                        }
-                    }
-                    recursion
-                }
-            };
-            if recursion == TreeNodeRecursion::Stop {
-                return Ok(recursion);
+        for expr in self.stages.iter().flat_map(Stage::exprs) {
+            if f(expr)? == TreeNodeRecursion::Stop {
+                return Ok(TreeNodeRecursion::Stop);
             }
         }
         Ok(TreeNodeRecursion::Continue)

@@ -640,6 +640,15 @@ mod tests {
                 .indent(false)
                 .to_string();
             assert!(shown.contains(&format!("n@0 = {n}")), "{shown}");
+            // its expressions are there for DataFusion's walks, each value bound
+            let mut seen = 0;
+            plan.apply_expressions(&mut |_| {
+                seen += 1;
+                Ok(TreeNodeRecursion::Continue)
+            })
+            .expect("walks");
+            assert!(seen > 0, "a run shows its expressions");
+            assert!(!holds_parameters(&plan).expect("walks"), "{shown}");
             let batches = datafusion::physical_plan::collect(plan, state.task_ctx())
                 .await
                 .expect("runs");
