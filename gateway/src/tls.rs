@@ -11,17 +11,29 @@ use tokio_rustls::rustls::ServerConfig;
 use crate::config::TlsConfig;
 use crate::error::StartupError;
 
+/// The PostgreSQL listener's TLS: no session resumption, as PostgreSQL's own server (which
+/// turns off session tickets and its session cache). libpq makes a new TLS context for every
+/// connection and never resumes, so the two tickets rustls sends by default after each
+/// handshake (each a random id, a session kept in a shared cache, and an encrypted record)
+/// were work on every login for nothing.
 pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, StartupError> {
     // PostgreSQL 17's direct TLS negotiation asks for this ALPN.
-    acceptor_for(config, b"postgresql")
+    let mut server = server_config(config, b"postgresql")?;
+    server.send_tls13_tickets = 0;
+    server.session_storage = Arc::new(tokio_rustls::rustls::server::NoServerSessionStorage {});
+    Ok(TlsAcceptor::from(Arc::new(server)))
 }
 
-/// The same certificate for the browser sign-in listener (`sso`), speaking HTTP/1.1.
+/// The same certificate for the browser sign-in listener (`sso`), speaking HTTP/1.1; browsers
+/// open several connections and resume sessions, so rustls's defaults stay.
 pub fn https_acceptor(config: &TlsConfig) -> Result<TlsAcceptor, StartupError> {
-    acceptor_for(config, b"http/1.1")
+    Ok(TlsAcceptor::from(Arc::new(server_config(
+        config,
+        b"http/1.1",
+    )?)))
 }
 
-fn acceptor_for(config: &TlsConfig, alpn: &[u8]) -> Result<TlsAcceptor, StartupError> {
+fn server_config(config: &TlsConfig, alpn: &[u8]) -> Result<ServerConfig, StartupError> {
     if config.generate_self_signed && !config.cert.exists() && !config.key.exists() {
         generate_self_signed(&config.cert, &config.key)?;
     }
@@ -36,7 +48,7 @@ fn acceptor_for(config: &TlsConfig, alpn: &[u8]) -> Result<TlsAcceptor, StartupE
         .with_single_cert(certs, key)
         .map_err(|e| StartupError::Tls(e.to_string()))?;
     server.alpn_protocols = vec![alpn.to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(server)))
+    Ok(server)
 }
 
 fn generate_self_signed(cert_path: &Path, key_path: &Path) -> Result<(), StartupError> {
@@ -67,4 +79,73 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), StartupError> {
         .open(path)
         .and_then(|mut f| f.write_all(bytes))
         .map_err(|e| StartupError::Tls(format!("{}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::TlsConnector;
+    use tokio_rustls::rustls::{ClientConfig, HandshakeKind, RootCertStore};
+
+    use super::*;
+
+    fn self_signed(name: &str) -> TlsConfig {
+        let dir = std::env::temp_dir().join(format!("lakegate-tls-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        TlsConfig {
+            cert: dir.join("server.crt"),
+            key: dir.join("server.key"),
+            generate_self_signed: true,
+            allow_plaintext: false,
+        }
+    }
+
+    /// How each of two connections from one client (which keeps sessions to resume) went.
+    async fn two_handshakes(acceptor: TlsAcceptor, config: &TlsConfig) -> Vec<HandshakeKind> {
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(&config.cert).expect("certificate") {
+            roots.add(cert.expect("certificate")).expect("trusted");
+        }
+        let client = TlsConnector::from(Arc::new(
+            ClientConfig::builder()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        ));
+        let mut kinds = Vec::new();
+        for _ in 0..2 {
+            let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+            let acceptor = acceptor.clone();
+            let server = tokio::spawn(async move {
+                let mut tls = acceptor.accept(server_io).await.expect("server handshake");
+                tls.write_all(b"R").await.expect("write");
+                tls.flush().await.expect("flush");
+                let mut byte = [0u8; 1];
+                tls.read_exact(&mut byte).await.expect("read");
+            });
+            let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+            let mut tls = client
+                .connect(name, client_io)
+                .await
+                .expect("client handshake");
+            // reading past the handshake takes in any tickets the server sent after it
+            let mut byte = [0u8; 1];
+            tls.read_exact(&mut byte).await.expect("read");
+            tls.write_all(b"Q").await.expect("write");
+            tls.flush().await.expect("flush");
+            kinds.push(tls.get_ref().1.handshake_kind().expect("handshake done"));
+            server.await.expect("server");
+        }
+        kinds
+    }
+
+    #[tokio::test]
+    async fn a_postgres_connection_is_never_resumed() {
+        let config = self_signed("pg");
+        let kinds = two_handshakes(acceptor(&config).expect("acceptor"), &config).await;
+        assert_eq!(kinds, vec![HandshakeKind::Full, HandshakeKind::Full]);
+        // the same client does resume where the server offers it (the sign-in listener)
+        let config = self_signed("https");
+        let kinds = two_handshakes(https_acceptor(&config).expect("acceptor"), &config).await;
+        assert_eq!(kinds, vec![HandshakeKind::Full, HandshakeKind::Resumed]);
+    }
 }
