@@ -391,16 +391,14 @@ impl Lake {
         options
             .execution
             .use_row_number_estimates_to_optimize_partitioning = true;
-        let rules = lakegate_policy::analyzer_rules();
-        let state = SessionStateBuilder::new()
-            .with_config(config)
-            .with_runtime_env(runtime(self.config.file_listing_seconds)?)
-            .with_default_features()
-            .with_analyzer_rules(rules)
-            // after DataFusion's filter pushdown, which then takes what it moved to the scan
-            .with_optimizer_rule(Arc::new(lakegate_policy::PushSafePredicates))
-            .with_query_planner(planner)
-            .build();
+        let state = lakegate_policy::with_policy(
+            SessionStateBuilder::new()
+                .with_config(config)
+                .with_runtime_env(runtime(self.config.file_listing_seconds)?)
+                .with_default_features(),
+        )
+        .with_query_planner(planner)
+        .build();
         Ok(SessionContext::new_with_state(state))
     }
 

@@ -61,13 +61,10 @@ fn policy(rules: usize) -> PolicySet {
     .expect("policy")
 }
 
+/// A session planning with policy as the gateway's do (`with_policy`).
 fn context() -> SessionContext {
-    let rules = lakegate_policy::analyzer_rules();
     SessionContext::new_with_state(
-        SessionStateBuilder::new()
-            .with_default_features()
-            .with_analyzer_rules(rules)
-            .build(),
+        lakegate_policy::with_policy(SessionStateBuilder::new().with_default_features()).build(),
     )
 }
 

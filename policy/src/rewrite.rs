@@ -27,7 +27,7 @@ use datafusion::common::{DFSchemaRef, DataFusionError, Result, plan_err};
 use datafusion::datasource::TableType;
 use datafusion::datasource::listing::ListingTable;
 use datafusion::datasource::source_as_provider;
-use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::execution::{SendableRecordBatchStream, SessionStateBuilder, TaskContext};
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::{
     Expr, Extension, LogicalPlan, Projection, SubqueryAlias, TableProviderFilterPushDown,
@@ -246,6 +246,16 @@ impl UserDefinedLogicalNodeCore for PolicyBarrier {
     fn supports_limit_pushdown(&self) -> bool {
         false
     }
+}
+
+/// A user's session's planning rules on top of DataFusion's: `analyzer_rules`, and
+/// `PushSafePredicates` after DataFusion's optimizer rules (after its filter pushdown, which
+/// then takes what the rule moved under a barrier on to the scan). The gateway's sessions, the
+/// tests and the planning benchmark all plan with exactly these.
+pub fn with_policy(builder: SessionStateBuilder) -> SessionStateBuilder {
+    builder
+        .with_analyzer_rules(analyzer_rules())
+        .with_optimizer_rule(Arc::new(crate::pushdown::PushSafePredicates))
 }
 
 /// A user's session's analyzer rules: `EnforcePolicy` first, so no other rule sees a plan

@@ -49,11 +49,8 @@ fn table_meta(database: &str, table: &str, columns: &[&str]) -> TableMeta {
 }
 
 fn session() -> SessionContext {
-    let rules = lakegate_policy::analyzer_rules();
     SessionContext::new_with_state(
-        SessionStateBuilder::new()
-            .with_default_features()
-            .with_analyzer_rules(rules)
+        lakegate_policy::with_policy(SessionStateBuilder::new().with_default_features())
             .with_query_planner(Arc::new(Planner))
             .build(),
     )
