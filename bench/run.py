@@ -132,6 +132,7 @@ class Bench:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.procs.append(proc)
         self.pg_pid = proc.pid
+        self.pg_data = data
         wait_for_port(self.pg_port, proc)
         self.load_postgres()
 
@@ -316,7 +317,9 @@ class Bench:
         return systems
 
     # ---------- measurements ----------
-    def pgbench(self, url, script, clients, seconds, connect_each=False, mode="simple"):
+    def pgbench(self, url, script, clients, seconds, connect_each=False, mode="simple", system=None):
+        """tps and latencies; with `system`, also the CPU per transaction of that system's
+        server processes and of pgbench itself (the two share this machine's cores)."""
         path = self.tmp / f"script-{abs(hash(script))}.sql"
         path.write_text(script)
         logdir = Path(tempfile.mkdtemp(dir=self.tmp))
@@ -324,10 +327,17 @@ class Bench:
                "-T", str(seconds), "-l", "--log-prefix", str(logdir / "tx")]
         if connect_each:
             cmd.append("-C")
+        backends = self.client_backends(system)
+        server_before = self.server_cpu_seconds(system)
+        client_before = Bench.children_cpu_seconds()
         out = subprocess.run(cmd + [url], capture_output=True, text=True)
+        client_cpu = Bench.children_cpu_seconds() - client_before
         if out.returncode != 0:
             raise SystemExit(f"pgbench failed: {out.stderr}")
+        self.wait_for_backends_to_end(system, backends)
+        server_after = self.server_cpu_seconds(system)
         tps = float(re.search(r"tps = ([\d.]+)", out.stdout).group(1))
+        transactions = int(re.search(r"number of transactions actually processed: (\d+)", out.stdout).group(1))
         latencies = []
         for log in logdir.iterdir():
             for line in log.read_text().splitlines():
@@ -336,7 +346,58 @@ class Bench:
                     latencies.append(int(fields[2]) / 1000.0)
         latencies.sort()
         pct = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else float("nan")
-        return {"tps": tps, "p50_ms": pct(0.50), "p99_ms": pct(0.99)}
+        result = {"tps": tps, "p50_ms": pct(0.50), "p99_ms": pct(0.99)}
+        if server_before is not None and transactions:
+            result["server_cpu_us"] = (server_after - server_before) * 1e6 / transactions
+            result["pgbench_cpu_us"] = client_cpu * 1e6 / transactions
+        return result
+
+    def server_pid(self, system):
+        """The process whose CPU counts a system's: the gateway's or datafusion-postgres's own,
+        PostgreSQL's postmaster (its ended backends' CPU is added to its children's)."""
+        if system == "lakegate":
+            return self.gw_pid
+        if system == "datafusion-postgres":
+            return getattr(self, "dfpg_pid", None)
+        if system == "postgresql":
+            return int((self.pg_data / "postmaster.pid").read_text().split()[0])
+        return None  # PgBouncer's CPU is its own and PostgreSQL's: left out
+
+    def server_cpu_seconds(self, system):
+        pid = self.server_pid(system) if system else None
+        if pid is None:
+            return None
+        # /proc/PID/stat after the command's ")": utime, stime, cutime, cstime are the 12th-15th
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+    @staticmethod
+    def children_cpu_seconds():
+        import resource
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
+
+    def client_backends(self, system):
+        """PostgreSQL's backends serving clients (PgBouncer's pooled ones included), but this
+        question's own; None for other systems."""
+        if system != "postgresql":
+            return None
+        query = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+        out = subprocess.run(["psql", "-X", "-A", "-t", "-c", query, self.pg_url()], capture_output=True, text=True)
+        return int(out.stdout.strip()) if out.returncode == 0 else None
+
+    def wait_for_backends_to_end(self, system, before, timeout=30):
+        """PostgreSQL's backends count in the postmaster's CPU once it has reaped them: waits
+        until pgbench's have ended (as many backends left as before it ran)."""
+        if before is None:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            left = self.client_backends(system)
+            if left is not None and left <= before:
+                return
+            time.sleep(0.05)
+        raise SystemExit("PostgreSQL's benchmark backends did not end")
 
     def repeat(self, f, runs):
         samples = [f() for _ in range(runs)]
@@ -361,20 +422,22 @@ class Bench:
                         continue  # PgBouncer 1.18's transaction pooling keeps no prepared statements
                     # datafusion-postgres serves the file as `hcp` in its default schema
                     text = script.replace("gtm.hcp", "hcp") if system == "datafusion-postgres" else script
-                    row[system] = self.repeat(lambda: self.pgbench(url, text, clients, seconds, mode=mode), runs)
+                    row[system] = self.repeat(
+                        lambda: self.pgbench(url, text, clients, seconds, mode=mode, system=system), runs)
                 self.results.append(("queries", f"{name}, {clients} client(s)", row))
 
     def bench_connections(self):
         seconds, runs = (1, 1) if self.smoke else (10, 3)
         row = {}
         for system, url in self.systems()[:2]:
-            row[system] = self.repeat(lambda: self.pgbench(url, "SELECT 1;\n", 4, seconds, connect_each=True), runs)
+            row[system] = self.repeat(
+                lambda: self.pgbench(url, "SELECT 1;\n", 4, seconds, connect_each=True, system=system), runs)
         self.results.append(("connections", "new connection + SCRAM + TLS + SELECT 1, 4 clients", row))
         # A company token as the password: the gateway verifies the JWT (signature, issuer,
         # audience, expiry) against the provider's cached JWKS on every login.
         token_row = {
             "lakegate": self.repeat(lambda: self.pgbench(self.gw_token_url(), "SELECT 1;\n", 4, seconds,
-                                                         connect_each=True), runs),
+                                                         connect_each=True, system="lakegate"), runs),
             "postgresql": row["postgresql"],
         }
         self.results.append(("connections", "new connection + OIDC token (JWT) + TLS + SELECT 1, 4 clients; "
@@ -593,6 +656,9 @@ class Bench:
                     if peer != "lakegate" and row[peer].get(key):
                         lines.append("")
                         lines.append(f"lakegate / {peer} ({key}): **{row['lakegate'][key] / row[peer][key]:.2f}**")
+                    if peer != "lakegate" and row[peer].get("server_cpu_us") and row["lakegate"].get("server_cpu_us"):
+                        lines.append(f"lakegate / {peer} (server_cpu_us, lower is better): "
+                                     f"{row['lakegate']['server_cpu_us'] / row[peer]['server_cpu_us']:.2f}")
             lines.append("")
         return "\n".join(lines)
 
