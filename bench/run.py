@@ -384,7 +384,10 @@ class Bench:
             return None
         query = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
         out = subprocess.run(["psql", "-X", "-A", "-t", "-c", query, self.pg_url()], capture_output=True, text=True)
-        return int(out.stdout.strip()) if out.returncode == 0 else None
+        if out.returncode != 0:
+            # without the count, PostgreSQL's CPU would be read before its backends ended
+            raise SystemExit(f"counting PostgreSQL's backends failed: {out.stderr}")
+        return int(out.stdout.strip())
 
     def wait_for_backends_to_end(self, system, before, timeout=30):
         """PostgreSQL's backends count in the postmaster's CPU once it has reaped them: waits
@@ -393,8 +396,7 @@ class Bench:
             return
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            left = self.client_backends(system)
-            if left is not None and left <= before:
+            if self.client_backends(system) <= before:
                 return
             time.sleep(0.05)
         raise SystemExit("PostgreSQL's benchmark backends did not end")
