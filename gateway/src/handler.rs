@@ -30,9 +30,10 @@ use pgwire::api::store::PortalStore;
 use pgwire::api::{ClientInfo, ClientPortalStore, ConnectionHandle, Type};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
-use pgwire::messages::extendedquery::{Bind, Close, Describe, Execute, Parse};
+use pgwire::messages::extendedquery::{Bind, Close, Describe, Execute, Parse, Sync as PgSync};
 use pgwire::types::format::FormatOptions;
 
+use crate::answers_together::{Flight, Flights};
 use crate::column_names;
 use crate::copy::{CopyOut, copy_out};
 use crate::cursor::{self, Cursors};
@@ -55,6 +56,8 @@ pub struct QueryHandler {
     lake: Arc<Lake>,
     parser: Arc<LakeParser>,
     hooks: Vec<Arc<dyn QueryHook>>,
+    /// Statements in flight over all connections (`answers_together`).
+    flights: Arc<Flights>,
 }
 
 impl QueryHandler {
@@ -67,8 +70,16 @@ impl QueryHandler {
             }),
             lake,
             hooks: vec![Arc::new(SetShowHook), Arc::new(TransactionStatementHook)],
+            flights: Arc::default(),
         }
     }
+}
+
+/// The connection's share of the statements in flight (`answers_together`).
+fn flight<C: ClientInfo + ?Sized>(flights: &Arc<Flights>, client: &C) -> Arc<Flight> {
+    client
+        .session_extensions()
+        .get_or_insert_with(|| Flight::new(flights.clone()))
 }
 
 /// The connection's session, made on first use after login over the user's shared catalog
@@ -1102,6 +1113,19 @@ impl ExtendedQueryHandler for QueryHandler {
             .await
     }
 
+    /// pgwire's own Sync, which writes the answers held since the last one: with other
+    /// connections' under load (`answers_together`).
+    async fn on_sync<C>(&self, client: &mut C, message: PgSync) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        flight(&self.flights, client).answer().await;
+        (PgwireDefaults(self)).on_sync(client, message).await
+    }
+
     /// pgwire's own Describe, its answer flushed by the Sync that follows it (`sync_flush`).
     async fn on_describe<C>(&self, client: &mut C, message: Describe) -> PgWireResult<()>
     where
@@ -1137,6 +1161,7 @@ impl ExtendedQueryHandler for QueryHandler {
         C::Error: std::fmt::Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        flight(&self.flights, client).start();
         let session = user_session(&self.lake, client).await?;
         let (_, Some((statement, plan))) = &portal.statement.statement else {
             return Ok(Response::EmptyQuery);

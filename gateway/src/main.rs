@@ -14,6 +14,7 @@ static GLOBAL: alloc_count::Counting = alloc_count::Counting;
 
 #[cfg(test)]
 mod alloc_count;
+mod answers_together;
 mod athena;
 mod auth;
 mod aws;
