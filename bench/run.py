@@ -16,6 +16,7 @@ usage: python3 bench/run.py [--smoke] [--gateway PATH] [--datafusion-postgres PA
 """
 import argparse
 import asyncio
+import functools
 import os
 import platform
 import re
@@ -403,7 +404,21 @@ class Bench:
 
     def repeat(self, f, runs):
         samples = [f() for _ in range(runs)]
+        return Bench.medians(samples)
+
+    @staticmethod
+    def medians(samples):
         return {k: statistics.median(s[k] for s in samples) for k in samples[0]}
+
+    def interleaved(self, measures, runs):
+        """Each system's median of `runs`, taken in rounds of one run per system: this
+        machine's speed moves by 10-30% over minutes, and a row whose systems ran back to back
+        compared them at different speeds (a ratio that moved by 0.2 between whole runs)."""
+        samples = {system: [] for system in measures}
+        for _ in range(runs):
+            for system, measure in measures.items():
+                samples[system].append(measure())
+        return {system: Bench.medians(s) for system, s in samples.items()}
 
     def bench_queries(self):
         seconds, runs = (1, 1) if self.smoke else (10, 3)
@@ -418,30 +433,30 @@ class Bench:
         ]
         for name, script, mode in scripts:
             for clients in (1, 32):
-                row = {}
+                measures = {}
                 for system, url in self.systems():
                     if mode == "prepared" and system == "pgbouncer":
                         continue  # PgBouncer 1.18's transaction pooling keeps no prepared statements
                     # datafusion-postgres serves the file as `hcp` in its default schema
                     text = script.replace("gtm.hcp", "hcp") if system == "datafusion-postgres" else script
-                    row[system] = self.repeat(
-                        lambda: self.pgbench(url, text, clients, seconds, mode=mode, system=system), runs)
-                self.results.append(("queries", f"{name}, {clients} client(s)", row))
+                    measures[system] = functools.partial(
+                        self.pgbench, url, text, clients, seconds, mode=mode, system=system)
+                self.results.append(("queries", f"{name}, {clients} client(s)", self.interleaved(measures, runs)))
 
     def bench_connections(self):
         seconds, runs = (1, 1) if self.smoke else (10, 3)
-        row = {}
-        for system, url in self.systems()[:2]:
-            row[system] = self.repeat(
-                lambda: self.pgbench(url, "SELECT 1;\n", 4, seconds, connect_each=True, system=system), runs)
-        self.results.append(("connections", "new connection + SCRAM + TLS + SELECT 1, 4 clients", row))
+        login = lambda url, system: functools.partial(
+            self.pgbench, url, "SELECT 1;\n", 4, seconds, connect_each=True, system=system)
         # A company token as the password: the gateway verifies the JWT (signature, issuer,
         # audience, expiry) against the provider's cached JWKS on every login.
-        token_row = {
-            "lakegate": self.repeat(lambda: self.pgbench(self.gw_token_url(), "SELECT 1;\n", 4, seconds,
-                                                         connect_each=True, system="lakegate"), runs),
-            "postgresql": row["postgresql"],
-        }
+        measured = self.interleaved({
+            "lakegate": login(self.gw_url(), "lakegate"),
+            "postgresql": login(self.pg_url(), "postgresql"),
+            "lakegate, token": login(self.gw_token_url(), "lakegate"),
+        }, runs)
+        row = {"lakegate": measured["lakegate"], "postgresql": measured["postgresql"]}
+        self.results.append(("connections", "new connection + SCRAM + TLS + SELECT 1, 4 clients", row))
+        token_row = {"lakegate": measured["lakegate, token"], "postgresql": measured["postgresql"]}
         self.results.append(("connections", "new connection + OIDC token (JWT) + TLS + SELECT 1, 4 clients; "
                               "PostgreSQL with SCRAM", token_row))
 
