@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::{DFSchema, DFSchemaRef};
 use datafusion::execution::SendableRecordBatchStream;
@@ -24,7 +24,7 @@ use datafusion_postgres::hooks::transactions::TransactionStatementHook;
 use futures::{Sink, StreamExt, stream};
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
-use pgwire::api::results::{FieldInfo, QueryResponse, Response, Tag};
+use pgwire::api::results::{DescribePortalResponse, FieldInfo, QueryResponse, Response, Tag};
 use pgwire::api::stmt::{QueryParser, StoredStatement};
 use pgwire::api::store::PortalStore;
 use pgwire::api::{ClientInfo, ClientPortalStore, ConnectionHandle, Type};
@@ -37,6 +37,7 @@ use crate::answers_together::{Flight, Flights};
 use crate::column_names;
 use crate::copy::{CopyOut, copy_out};
 use crate::cursor::{self, Cursors};
+use crate::described::{self, Described};
 use crate::error::{QueryError, df_err};
 use crate::gate;
 use crate::lake::{Lake, UserSession};
@@ -80,6 +81,13 @@ fn flight<C: ClientInfo + ?Sized>(flights: &Arc<Flights>, client: &C) -> Arc<Fli
     client
         .session_extensions()
         .get_or_insert_with(|| Flight::new(flights.clone()))
+}
+
+/// What the connection's last prepared statement is described with (`described`).
+fn described<C: ClientInfo + ?Sized>(client: &C) -> Arc<Described> {
+    client
+        .session_extensions()
+        .get_or_insert_with(Described::default)
 }
 
 /// The connection's session, made on first use after login over the user's shared catalog
@@ -358,8 +366,48 @@ where
     C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
     PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
 {
-    let (fields, batches) =
-        execute_batches(client, session, statement, plan, format, claim_cancel).await?;
+    let named = |plan: &LogicalPlan| {
+        Arc::new(column_names::postgres_schema(
+            statement,
+            plan.schema().as_arrow(),
+        ))
+    };
+    execute_named(
+        client,
+        session,
+        statement,
+        plan,
+        format,
+        claim_cancel,
+        &named,
+    )
+    .await
+}
+
+/// `execute`, the plan that runs given its columns with PostgreSQL's names by `named`.
+async fn execute_named<C>(
+    client: &mut C,
+    session: &UserSession,
+    statement: &Statement,
+    plan: Planned,
+    format: &Format,
+    claim_cancel: bool,
+    named: &(dyn Fn(&LogicalPlan) -> SchemaRef + Sync),
+) -> PgWireResult<QueryResponse>
+where
+    C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    let (fields, batches) = execute_batches(
+        client,
+        session,
+        statement,
+        plan,
+        format,
+        claim_cancel,
+        named,
+    )
+    .await?;
     let rows = encode_rows(fields.clone(), batches);
     Ok(QueryResponse::new(fields, rows))
 }
@@ -379,6 +427,7 @@ async fn execute_batches<C>(
     plan: Planned,
     format: &Format,
     claim_cancel: bool,
+    named: &(dyn Fn(&LogicalPlan) -> SchemaRef + Sync),
 ) -> PgWireResult<(Arc<Vec<FieldInfo>>, Batches)>
 where
     C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
@@ -396,8 +445,7 @@ where
         .into_physical(state, session.plans(), statement, &runs_here)
         .await
         .map_err(df_err)?;
-    let schema = column_names::postgres_schema(statement, optimized.schema().as_arrow());
-    let fields = Arc::new(pgwire_fields(&schema, format, client)?);
+    let fields = Arc::new(pgwire_fields(&named(&optimized), format, client)?);
     let batches = datafusion::physical_plan::execute_stream(physical, session.task_context(state))
         .map_err(df_err)?;
     let peer = client
@@ -468,6 +516,12 @@ where
     PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
 {
     let plan = plan_statement(session, &copy.query).await?;
+    let named = |plan: &LogicalPlan| {
+        Arc::new(column_names::postgres_schema(
+            &copy.query,
+            plan.schema().as_arrow(),
+        ))
+    };
     let (fields, batches) = execute_batches(
         client,
         session,
@@ -475,6 +529,7 @@ where
         Planned::once(plan),
         &Format::UnifiedText,
         true,
+        &named,
     )
     .await?;
     Ok(Response::CopyOut(copy.response(fields, batches)?))
@@ -973,7 +1028,7 @@ impl QueryParser for LakeParser {
 
     fn get_parameter_types(&self, stmt: &Self::Statement) -> PgWireResult<Vec<Type>> {
         match stmt {
-            (_, Some((_, plan))) => parameter_types(plan)
+            (_, Some((_, plan))) => described::parameter_types(plan)
                 .into_iter()
                 .map(|t| match t {
                     Some(t) => arrow_pg::datatypes::into_pg_type(&t),
@@ -1052,17 +1107,6 @@ impl LakeParser {
         }
         Ok((statements, literals))
     }
-}
-
-/// Parameter types in `$1, $2, ...` order (None where DataFusion could not infer one).
-fn parameter_types(plan: &LogicalPlan) -> Vec<Option<DataType>> {
-    let types: HashMap<String, Option<DataType>> = plan.get_parameter_types().unwrap_or_default();
-    let mut entries: Vec<(usize, Option<DataType>)> = types
-        .into_iter()
-        .map(|(k, v)| (k.trim_start_matches('$').parse().unwrap_or(usize::MAX), v))
-        .collect();
-    entries.sort_by_key(|(i, _)| *i);
-    entries.into_iter().map(|(_, v)| v).collect()
 }
 
 #[async_trait]
@@ -1149,6 +1193,27 @@ impl ExtendedQueryHandler for QueryHandler {
         self._on_execute(&mut SyncFlush::new(client), message).await
     }
 
+    /// A portal's columns, as its statement was described last (`described`).
+    async fn do_describe_portal<C>(
+        &self,
+        client: &mut C,
+        target: &Portal<Self::Statement>,
+    ) -> PgWireResult<DescribePortalResponse>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let columns = described(client).columns(&target.statement);
+        let fields = arrow_pg::datatypes::arrow_schema_to_pg_fields(
+            &columns,
+            &target.result_column_format,
+            None,
+        )?;
+        Ok(DescribePortalResponse::new(fields))
+    }
+
     async fn do_query<C>(
         &self,
         client: &mut C,
@@ -1166,7 +1231,8 @@ impl ExtendedQueryHandler for QueryHandler {
         let (_, Some((statement, plan))) = &portal.statement.statement else {
             return Ok(Response::EmptyQuery);
         };
-        let types = parameter_types(plan);
+        let described = described(client);
+        let types = described.parameters(&portal.statement);
         let type_refs: Vec<Option<&DataType>> = types.iter().map(Option::as_ref).collect();
         let params = arrow_pg::datatypes::df::deserialize_parameters(portal, &type_refs)?;
         if let Some(response) = statement_tag(statement) {
@@ -1236,13 +1302,15 @@ impl ExtendedQueryHandler for QueryHandler {
         // produced, under pgwire's own watch for cancel requests. Limited Executes (JDBC's
         // setFetchSize) go through pgwire's portal, which holds one batch at a time.
         let streamed_here = max_rows == 0;
-        let response = execute(
+        let named = |plan: &LogicalPlan| described.columns_ran(&portal.statement, plan);
+        let response = execute_named(
             client,
             &session,
             statement,
             plan,
             &portal.result_column_format,
             !streamed_here,
+            &named,
         )
         .await?;
         if streamed_here {

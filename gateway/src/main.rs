@@ -24,6 +24,7 @@ mod config;
 mod copy;
 mod cursor;
 mod demo;
+mod described;
 mod error;
 mod gate;
 mod handler;
