@@ -354,38 +354,9 @@ fn format_options<C: ClientInfo + ?Sized>(client: &C) -> Arc<FormatOptions> {
 /// `do_query` runs; rows streamed after `do_query` returned claim the cancel slot themselves
 /// (`claim_cancel`), and a cancel request ends them with 57014. The first batch is awaited
 /// here, sending the client the NOTICEs engines report meanwhile (a remote query's progress).
+/// `named` gives the columns of the plan that runs with PostgreSQL's names (`named_by`, or a
+/// prepared statement's kept ones, `described`).
 async fn execute<C>(
-    client: &mut C,
-    session: &UserSession,
-    statement: &Statement,
-    plan: Planned,
-    format: &Format,
-    claim_cancel: bool,
-) -> PgWireResult<QueryResponse>
-where
-    C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
-    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
-{
-    let named = |plan: &LogicalPlan| {
-        Arc::new(column_names::postgres_schema(
-            statement,
-            plan.schema().as_arrow(),
-        ))
-    };
-    execute_named(
-        client,
-        session,
-        statement,
-        plan,
-        format,
-        claim_cancel,
-        &named,
-    )
-    .await
-}
-
-/// `execute`, the plan that runs given its columns with PostgreSQL's names by `named`.
-async fn execute_named<C>(
     client: &mut C,
     session: &UserSession,
     statement: &Statement,
@@ -410,6 +381,16 @@ where
     .await?;
     let rows = encode_rows(fields.clone(), batches);
     Ok(QueryResponse::new(fields, rows))
+}
+
+/// A plan's columns with the names PostgreSQL gives `statement`'s (`named` of `execute`).
+fn named_by(statement: &Statement) -> impl Fn(&LogicalPlan) -> SchemaRef + Sync + '_ {
+    move |plan| {
+        Arc::new(column_names::postgres_schema(
+            statement,
+            plan.schema().as_arrow(),
+        ))
+    }
 }
 
 /// A running query's batches, ended by a cancel request, the statement timeout or the client
@@ -516,12 +497,6 @@ where
     PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
 {
     let plan = plan_statement(session, &copy.query).await?;
-    let named = |plan: &LogicalPlan| {
-        Arc::new(column_names::postgres_schema(
-            &copy.query,
-            plan.schema().as_arrow(),
-        ))
-    };
     let (fields, batches) = execute_batches(
         client,
         session,
@@ -529,7 +504,7 @@ where
         Planned::once(plan),
         &Format::UnifiedText,
         true,
-        &named,
+        &named_by(&copy.query),
     )
     .await?;
     Ok(Response::CopyOut(copy.response(fields, batches)?))
@@ -862,6 +837,7 @@ impl SimpleQueryHandler for QueryHandler {
                     plan,
                     &Format::UnifiedText,
                     true,
+                    &named_by(&statement),
                 )
                 .await?,
             ));
@@ -903,8 +879,16 @@ impl QueryHandler {
                 return result.map(Some);
             }
         }
-        let response =
-            execute(client, session, statement, plan, &Format::UnifiedText, true).await?;
+        let response = execute(
+            client,
+            session,
+            statement,
+            plan,
+            &Format::UnifiedText,
+            true,
+            &named_by(statement),
+        )
+        .await?;
         Ok(Some(Response::Query(response)))
     }
 
@@ -940,6 +924,7 @@ impl QueryHandler {
             plan,
             &Format::UnifiedText,
             true,
+            &named_by(&statement),
         )
         .await?;
         Ok(Response::Query(response))
@@ -1303,7 +1288,7 @@ impl ExtendedQueryHandler for QueryHandler {
         // setFetchSize) go through pgwire's portal, which holds one batch at a time.
         let streamed_here = max_rows == 0;
         let named = |plan: &LogicalPlan| described.columns_ran(&portal.statement, plan);
-        let response = execute_named(
+        let response = execute(
             client,
             &session,
             statement,
