@@ -1178,7 +1178,7 @@ impl ExtendedQueryHandler for QueryHandler {
         self._on_execute(&mut SyncFlush::new(client), message).await
     }
 
-    /// A portal's columns, as its statement was described last (`described`).
+    /// A portal's columns, worked out once per statement (`described`).
     async fn do_describe_portal<C>(
         &self,
         client: &mut C,
