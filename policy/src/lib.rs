@@ -26,5 +26,5 @@ pub use pushdown::{PushSafePredicates, is_error_free};
 pub use resolve::{ColumnDecision, ColumnMeta, Decision, TableAccess, TableMeta};
 pub use rewrite::{
     EnforcePolicy, PolicyBarrier, PolicyBarrierExec, PolicyExtensionPlanner, PolicyView,
-    analyzer_rules, with_policy,
+    analyzer_rules, optimizer_rules, with_policy,
 };

@@ -76,8 +76,9 @@ fn is_value(expr: &Expr) -> bool {
 }
 
 /// Moves error-free predicates on unmasked columns from a Filter right above a policy barrier
-/// into the barrier, above its row filter; DataFusion's own filter pushdown then takes them to
-/// the scan, beside the row filter.
+/// into the barrier, into its row filter's Filter after the row filter (or a Filter of their
+/// own where the table has none); DataFusion's own filter pushdown, run again after this rule
+/// (`optimizer_rules`), then takes them to the scan.
 #[derive(Debug, Default)]
 pub struct PushSafePredicates;
 
@@ -134,7 +135,14 @@ impl OptimizerRule for PushSafePredicates {
         let Some(moved) = conjunction(moved) else {
             return Ok(Transformed::no(LogicalPlan::Filter(filter)));
         };
-        let inner = Filter::try_new(moved, projection.input.clone())?;
+        // Beside a row filter straight beneath, in one Filter after it, as DataFusion's filter
+        // pushdown would merge them a pass later.
+        let inner = match projection.input.as_ref() {
+            LogicalPlan::Filter(row) => {
+                Filter::try_new(row.predicate.clone().and(moved), row.input.clone())?
+            }
+            _ => Filter::try_new(moved, projection.input.clone())?,
+        };
         let projection = Projection::try_new_with_schema(
             projection.expr.clone(),
             Arc::new(LogicalPlan::Filter(inner)),

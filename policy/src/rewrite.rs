@@ -33,7 +33,9 @@ use datafusion::logical_expr::{
     Expr, Extension, LogicalPlan, Projection, SubqueryAlias, TableProviderFilterPushDown,
     UserDefinedLogicalNode, UserDefinedLogicalNodeCore,
 };
-use datafusion::optimizer::AnalyzerRule;
+use datafusion::optimizer::push_down_filter::PushDownFilter;
+use datafusion::optimizer::push_down_limit::PushDownLimit;
+use datafusion::optimizer::{AnalyzerRule, Optimizer, OptimizerRule};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use datafusion::physical_planner::{ExtensionPlanner, PhysicalPlanner};
@@ -248,14 +250,41 @@ impl UserDefinedLogicalNodeCore for PolicyBarrier {
     }
 }
 
-/// A user's session's planning rules on top of DataFusion's: `analyzer_rules`, and
-/// `PushSafePredicates` after DataFusion's optimizer rules (after its filter pushdown, which
-/// then takes what the rule moved under a barrier on to the scan). The gateway's sessions, the
-/// tests and the planning benchmark all plan with exactly these.
+/// A user's session's planning rules on top of DataFusion's: `analyzer_rules` and
+/// `optimizer_rules`. The gateway's sessions, the tests and the planning benchmark all plan
+/// with exactly these.
 pub fn with_policy(builder: SessionStateBuilder) -> SessionStateBuilder {
     builder
         .with_analyzer_rules(analyzer_rules())
-        .with_optimizer_rule(Arc::new(crate::pushdown::PushSafePredicates))
+        .with_optimizer_rules(optimizer_rules())
+}
+
+/// DataFusion's optimizer rules, with `PushSafePredicates` right after its filter pushdown and
+/// that pushdown once more after it, so what the rule moves under a barrier reaches the scan in
+/// the same pass; and the limit pushdown once more at the end, which takes away the limit its
+/// first run leaves above a sort it gave the limit to. A pass then leaves nothing for the next
+/// one to change, and the optimizer stops after two passes where it took three (each pass
+/// walks every node with every rule: a third of a first planning's optimizing).
+pub fn optimizer_rules() -> Vec<Arc<dyn OptimizerRule + Send + Sync>> {
+    let filter_pushdown = PushDownFilter::new();
+    let mut rules = Vec::new();
+    let mut placed = false;
+    for rule in Optimizer::new().rules {
+        let is_filter_pushdown = rule.name() == filter_pushdown.name();
+        rules.push(rule);
+        if is_filter_pushdown && !placed {
+            rules.push(Arc::new(crate::pushdown::PushSafePredicates));
+            rules.push(Arc::new(PushDownFilter::new()));
+            placed = true;
+        }
+    }
+    if !placed {
+        // Still correct, a pass later: the next pass's filter pushdown takes the moved
+        // predicates on.
+        rules.push(Arc::new(crate::pushdown::PushSafePredicates));
+    }
+    rules.push(Arc::new(PushDownLimit::new()));
+    rules
 }
 
 /// A user's session's analyzer rules: `EnforcePolicy` first, so no other rule sees a plan
