@@ -1,6 +1,7 @@
 //! Issue 6, item 4: the cost policy adds to planning a BI-sized query, with 10, 100 and 1,000
 //! rules, against the same query planned by DataFusion over the same tables without policy
-//! (the peer, measured in the same run). `cargo bench -p lakegate-policy`.
+//! (the peer, measured in the same run), and by the gateway's optimizer rules without policy.
+//! `cargo bench -p lakegate-policy`.
 //!
 //! A BI-sized query here: three tables of 30 columns joined, filtered, grouped and ordered, as a
 //! dashboard tile sends it. The user's rule is the last of the N (first match scans them all);
@@ -114,7 +115,21 @@ fn policed(policy: &PolicySet) -> SessionContext {
 }
 
 fn plain() -> SessionContext {
-    let ctx = SessionContext::new();
+    with_raw_tables(SessionContext::new())
+}
+
+/// The gateway's optimizer rules (`optimizer_rules`, which take a pass off DataFusion's for
+/// some plans) without policy: what the barriers themselves cost, apart from the rules' order.
+fn plain_with_gateway_rules() -> SessionContext {
+    with_raw_tables(SessionContext::new_with_state(
+        SessionStateBuilder::new()
+            .with_default_features()
+            .with_optimizer_rules(lakegate_policy::optimizer_rules())
+            .build(),
+    ))
+}
+
+fn with_raw_tables(ctx: SessionContext) -> SessionContext {
     for table in TABLES {
         ctx.register_table(table, raw()).expect("register");
     }
@@ -153,6 +168,10 @@ fn bench(c: &mut Criterion) {
     let peer = plain();
     group.bench_function("datafusion_without_policy", |b| {
         b.to_async(&runtime).iter(|| plan(&peer))
+    });
+    let own_rules = plain_with_gateway_rules();
+    group.bench_function("gateway_rules_without_policy", |b| {
+        b.to_async(&runtime).iter(|| plan(&own_rules))
     });
     for rules in [10, 100, 1000] {
         let ctx = policed(&policy(rules));
