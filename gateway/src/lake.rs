@@ -722,6 +722,10 @@ impl QueryPlanner for PolicyQueryPlanner {
         logical_plan: &LogicalPlan,
         session: &dyn Session,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        // Plans optimized elsewhere than `plan_cache::optimize` (a cursor's, EXPLAIN's) may
+        // still hold sealed policy barriers; opened, they plan as every other.
+        let unsealed = lakegate_policy::unseal(logical_plan.clone(), session.config_options())?;
+        let logical_plan = &unsealed;
         let notices = session.config().get_extension::<Notices>();
         if let Some(remote) = self.remote_plan(logical_plan, notices) {
             return Ok(remote);

@@ -504,17 +504,21 @@ fn plan_bytes(plan: &LogicalPlan) -> usize {
 /// Analyzes (policy first) and optimizes `plan` as `SessionState::optimize` does, and says
 /// whether the result may serve later runs of the same text.
 pub fn optimize(state: &SessionState, plan: &LogicalPlan) -> Result<(LogicalPlan, bool)> {
+    // Every plan leaves here with its policy barriers opened (`unseal`): what reads its tables
+    // (routing, Athena's SQL, templates) and plans it physically sees every enforced plan.
+    let unsealed = |optimized| lakegate_policy::unseal(optimized, state.config_options());
     if matches!(plan, LogicalPlan::Explain(_)) {
-        return Ok((state.optimize(plan)?, false));
+        return Ok((unsealed(state.optimize(plan)?)?, false));
     }
     let analyzed =
         state
             .analyzer()
             .execute_and_check(plan.clone(), state.config_options(), |_, _| {})?;
-    // Checked after the analyzer: it inlines views, whose bodies may call `now()` too.
+    // Checked after the analyzer: it inlines views, whose bodies may call `now()` too. (A
+    // sealed barrier's plan calls no such function: `PolicyView` seals only those that don't.)
     let reusable = reusable(&analyzed);
     let optimized = state.optimizer().optimize(analyzed, state, |_, _| {})?;
-    Ok((optimized, reusable))
+    Ok((unsealed(optimized)?, reusable))
 }
 
 /// Whether an analyzed plan plans to the same result on every run: a query (no statement,

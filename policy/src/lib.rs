@@ -16,6 +16,7 @@ mod model;
 mod pushdown;
 mod resolve;
 mod rewrite;
+mod seal;
 
 pub use compile::{CompiledAccess, bind_user_placeholders, compile_access};
 pub use error::PolicyError;
@@ -28,3 +29,4 @@ pub use rewrite::{
     EnforcePolicy, PolicyBarrier, PolicyBarrierExec, PolicyExtensionPlanner, PolicyView,
     analyzer_rules, optimizer_rules, with_policy,
 };
+pub use seal::{NarrowSealedBarriers, unseal};

@@ -100,62 +100,80 @@ impl OptimizerRule for PushSafePredicates {
         plan: LogicalPlan,
         _config: &dyn OptimizerConfig,
     ) -> Result<Transformed<LogicalPlan>> {
-        let LogicalPlan::Filter(filter) = plan else {
-            return Ok(Transformed::no(plan));
-        };
-        let Some((barrier, projection)) = barrier_projection(&filter.input) else {
-            return Ok(Transformed::no(LogicalPlan::Filter(filter)));
-        };
-        // The barrier's column name → the raw column it passes through unmasked.
-        let unmasked: HashMap<String, Expr> = projection
-            .expr
-            .iter()
-            .zip(projection.schema.fields())
-            .filter_map(|(expr, field)| match expr {
-                Expr::Alias(alias) if matches!(alias.expr.as_ref(), Expr::Column(_)) => {
-                    Some((field.name().clone(), alias.expr.as_ref().clone()))
-                }
-                Expr::Column(_) => Some((field.name().clone(), expr.clone())),
-                _ => None,
-            })
-            .collect();
-        let mut moved = Vec::new();
-        let mut kept = Vec::new();
-        for predicate in split_conjunction_owned(filter.predicate.clone()) {
-            let columns = predicate.column_refs();
-            let movable = !columns.is_empty()
-                && columns.iter().all(|c| unmasked.contains_key(&c.name))
-                && is_error_free(&predicate);
-            if movable {
-                moved.push(raw_predicate(predicate, &unmasked)?);
-            } else {
-                kept.push(predicate);
+        match plan {
+            // A sealed barrier's predicates are moved when it is opened (`unseal`).
+            LogicalPlan::Filter(filter) if open_barrier(&filter.input) => {
+                move_safe_predicates(filter, &Ok)
             }
+            plan => Ok(Transformed::no(plan)),
         }
-        let Some(moved) = conjunction(moved) else {
-            return Ok(Transformed::no(LogicalPlan::Filter(filter)));
-        };
-        // Beside a row filter straight beneath, in one Filter after it, as DataFusion's filter
-        // pushdown would merge them a pass later.
-        let inner = match projection.input.as_ref() {
-            LogicalPlan::Filter(row) => {
-                Filter::try_new(row.predicate.clone().and(moved), row.input.clone())?
-            }
-            _ => Filter::try_new(moved, projection.input.clone())?,
-        };
-        let projection = Projection::try_new_with_schema(
-            projection.expr.clone(),
-            Arc::new(LogicalPlan::Filter(inner)),
-            projection.schema.clone(),
-        )?;
-        let barrier = LogicalPlan::Extension(Extension {
-            node: Arc::new(barrier.with_input(LogicalPlan::Projection(projection))),
-        });
-        Ok(Transformed::yes(match conjunction(kept) {
-            Some(kept) => LogicalPlan::Filter(Filter::try_new(kept, Arc::new(barrier))?),
-            None => barrier,
-        }))
     }
+}
+
+fn open_barrier(plan: &LogicalPlan) -> bool {
+    matches!(plan, LogicalPlan::Extension(ext)
+        if ext.node.as_any().downcast_ref::<PolicyBarrier>().is_some_and(|b| !b.is_sealed()))
+}
+
+/// Moves the safe predicates of `filter`, right above a policy barrier, into the barrier (which
+/// comes out open), then hands the barrier's new plan to `push` (which takes them to the scan,
+/// or leaves that to the optimizer's next rule).
+pub(crate) fn move_safe_predicates(
+    filter: Filter,
+    push: &dyn Fn(LogicalPlan) -> Result<LogicalPlan>,
+) -> Result<Transformed<LogicalPlan>> {
+    let Some((barrier, projection)) = barrier_projection(&filter.input) else {
+        return Ok(Transformed::no(LogicalPlan::Filter(filter)));
+    };
+    // The barrier's column name → the raw column it passes through unmasked.
+    let unmasked: HashMap<String, Expr> = projection
+        .expr
+        .iter()
+        .zip(projection.schema.fields())
+        .filter_map(|(expr, field)| match expr {
+            Expr::Alias(alias) if matches!(alias.expr.as_ref(), Expr::Column(_)) => {
+                Some((field.name().clone(), alias.expr.as_ref().clone()))
+            }
+            Expr::Column(_) => Some((field.name().clone(), expr.clone())),
+            _ => None,
+        })
+        .collect();
+    let mut moved = Vec::new();
+    let mut kept = Vec::new();
+    for predicate in split_conjunction_owned(filter.predicate.clone()) {
+        let columns = predicate.column_refs();
+        let movable = !columns.is_empty()
+            && columns.iter().all(|c| unmasked.contains_key(&c.name))
+            && is_error_free(&predicate);
+        if movable {
+            moved.push(raw_predicate(predicate, &unmasked)?);
+        } else {
+            kept.push(predicate);
+        }
+    }
+    let Some(moved) = conjunction(moved) else {
+        return Ok(Transformed::no(LogicalPlan::Filter(filter)));
+    };
+    // Beside a row filter straight beneath, in one Filter after it, as DataFusion's filter
+    // pushdown would merge them a pass later.
+    let inner = match projection.input.as_ref() {
+        LogicalPlan::Filter(row) => {
+            Filter::try_new(row.predicate.clone().and(moved), row.input.clone())?
+        }
+        _ => Filter::try_new(moved, projection.input.clone())?,
+    };
+    let projection = Projection::try_new_with_schema(
+        projection.expr.clone(),
+        Arc::new(LogicalPlan::Filter(inner)),
+        projection.schema.clone(),
+    )?;
+    let barrier = LogicalPlan::Extension(Extension {
+        node: Arc::new(barrier.with_input(push(LogicalPlan::Projection(projection))?)),
+    });
+    Ok(Transformed::yes(match conjunction(kept) {
+        Some(kept) => LogicalPlan::Filter(Filter::try_new(kept, Arc::new(barrier))?),
+        None => barrier,
+    }))
 }
 
 fn barrier_projection(plan: &LogicalPlan) -> Option<(&PolicyBarrier, &Projection)> {

@@ -14,9 +14,9 @@
 //! on a row the policy filtered out.
 use std::any::Any;
 use std::cmp::Ordering;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -52,11 +52,22 @@ pub struct PolicyView {
     /// The one provider the enforced plan may scan directly.
     raw: Arc<dyn TableProvider>,
     table_type: TableType,
+    /// Whether the enforced plan may be sealed (`seals`).
+    sealable: bool,
+    /// The enforced plan narrowed to a set of columns (by position), analyzed and optimized on
+    /// its own: what a sealed barrier holds. A session plans many queries over the same few
+    /// columns of a table.
+    sealed_by_columns: Mutex<HashMap<Vec<usize>, LogicalPlan>>,
 }
+
+/// How many column sets a view keeps sealed plans for; past it, the next is sealed anew each
+/// time it is asked for (a client naming ever new sets of a wide table's columns).
+const SEALED_PER_VIEW: usize = 64;
 
 impl PolicyView {
     pub fn new(table: impl Into<String>, rule: impl Into<String>, access: CompiledAccess) -> Self {
         let schema = Arc::new(access.plan.schema().as_arrow().clone());
+        let sealable = crate::seal::seals(&access.plan, &access.raw);
         PolicyView {
             table: table.into(),
             rule: rule.into(),
@@ -64,6 +75,8 @@ impl PolicyView {
             enforced: access.plan,
             raw: access.raw,
             table_type: TableType::Base,
+            sealable,
+            sealed_by_columns: Mutex::new(HashMap::new()),
         }
     }
 
@@ -73,33 +86,94 @@ impl PolicyView {
         self
     }
 
+    /// Plans this view's barrier open in every query, as before barriers were sealed: what a
+    /// sealed barrier must open to (the tests compare the two).
+    pub fn never_sealed(mut self) -> Self {
+        self.sealable = false;
+        self
+    }
+
     /// The policy rule that granted this view, for audit and logs.
     pub fn rule(&self) -> &str {
         &self.rule
     }
 
-    /// The enforced plan, projecting only the columns named in `used` (at least one: a
-    /// `count(*)` names none; all of them when `used` is None). A query names a few columns of
-    /// a wide table; computing and carrying every masked column until DataFusion's optimizer
-    /// drops them was most of what policy added to planning. The row filter beneath is
-    /// untouched.
-    fn narrowed(&self, used: &Option<HashSet<String>>) -> Result<LogicalPlan> {
+    /// The positions of the enforced plan's columns named in `used` (at least one: a `count(*)`
+    /// names none); None for all of them (`used` is None, or names them all). A query names a
+    /// few columns of a wide table; computing and carrying every masked column until
+    /// DataFusion's optimizer drops them was most of what policy added to planning.
+    fn kept(&self, used: &Option<HashSet<String>>) -> Option<Vec<usize>> {
         let (LogicalPlan::Projection(projection), Some(used)) = (&self.enforced, used) else {
-            return Ok(self.enforced.clone());
+            return None;
         };
         let named = |i: &usize| used.contains(projection.schema.field(*i).name());
         let mut kept: Vec<usize> = (0..projection.expr.len()).filter(named).collect();
         if kept.len() == projection.expr.len() {
-            return Ok(self.enforced.clone());
+            return None;
         }
         if kept.is_empty() {
             kept.push(0);
         }
+        Some(kept)
+    }
+
+    /// The enforced plan projecting only the `kept` columns. The row filter beneath is
+    /// untouched.
+    fn narrowed(&self, kept: &Option<Vec<usize>>) -> Result<LogicalPlan> {
+        let (LogicalPlan::Projection(projection), Some(kept)) = (&self.enforced, kept) else {
+            return Ok(self.enforced.clone());
+        };
         let exprs = kept.iter().map(|i| projection.expr[*i].clone()).collect();
         Ok(LogicalPlan::Projection(Projection::try_new(
             exprs,
             projection.input.clone(),
         )?))
+    }
+
+    /// The barrier for a query naming `used`: sealed where the view's enforced plan may be
+    /// (its sealed plan for these columns made once), open otherwise.
+    pub(crate) fn barrier(
+        &self,
+        view: &Arc<dyn TableProvider>,
+        used: &Option<HashSet<String>>,
+        config: &ConfigOptions,
+    ) -> Result<PolicyBarrier> {
+        let kept = self.kept(used);
+        let key = kept.clone().unwrap_or_default();
+        if self.sealable
+            && let Some(input) = self.sealed_plans().get(&key)
+        {
+            return Ok(self.sealed_barrier(view, input.clone()));
+        }
+        // What the narrowed plan names is what it needs from beneath (a view's body, which may
+        // be inlined in it already, and its scans).
+        let narrowed = self.narrowed(&kept)?;
+        let used = column_names(&narrowed);
+        let input = enforce(narrowed, Some(&self.raw), &used, config)?;
+        if !self.sealable {
+            return Ok(PolicyBarrier::open(self.table.clone(), input));
+        }
+        let input = crate::seal::seal(input, config)?;
+        let mut sealed = self.sealed_plans();
+        if sealed.len() < SEALED_PER_VIEW {
+            sealed.insert(key, input.clone());
+        }
+        Ok(self.sealed_barrier(view, input))
+    }
+
+    fn sealed_barrier(&self, view: &Arc<dyn TableProvider>, input: LogicalPlan) -> PolicyBarrier {
+        PolicyBarrier {
+            table: self.table.clone(),
+            input,
+            sealed: Some(view.clone()),
+        }
+    }
+
+    fn sealed_plans(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<usize>, LogicalPlan>> {
+        // A panic while holding the lock left at worst a missing entry: the map stays usable.
+        self.sealed_by_columns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -163,13 +237,51 @@ impl TableProvider for PolicyView {
 }
 
 /// Marks the enforced subtree of one table; nothing is pushed into it from above.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+///
+/// A sealed barrier holds an enforced plan already analyzed and optimized (`PolicyView`'s
+/// sealed plans) and shows the session's analyzer and optimizer no input: they would only walk
+/// its nodes again, in every pass, which was most of what policy added to a first planning.
+/// `unseal` opens it once the query's plan is optimized, moving the query's safe predicates in
+/// (`PushSafePredicates`), before anything reads the plan's tables or plans it physically.
+#[derive(Debug, Clone)]
 pub struct PolicyBarrier {
     table: String,
-    input: LogicalPlan,
+    pub(crate) input: LogicalPlan,
+    /// The view a sealed barrier was made from, to seal it again for fewer columns
+    /// (`NarrowSealedBarriers`); None once open.
+    pub(crate) sealed: Option<Arc<dyn TableProvider>>,
+}
+
+impl PartialEq for PolicyBarrier {
+    fn eq(&self, other: &Self) -> bool {
+        self.table == other.table
+            && self.input == other.input
+            && match (&self.sealed, &other.sealed) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (a, b) => a.is_none() && b.is_none(),
+            }
+    }
+}
+
+impl Eq for PolicyBarrier {}
+
+impl std::hash::Hash for PolicyBarrier {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.table.hash(state);
+        self.input.hash(state);
+        self.sealed.is_some().hash(state);
+    }
 }
 
 impl PolicyBarrier {
+    fn open(table: String, input: LogicalPlan) -> Self {
+        PolicyBarrier {
+            table,
+            input,
+            sealed: None,
+        }
+    }
+
     /// The table enforced, as `database.table`.
     pub fn table(&self) -> &str {
         &self.table
@@ -180,12 +292,15 @@ impl PolicyBarrier {
         &self.input
     }
 
-    /// The same barrier over another enforced plan (only for rules that keep its meaning).
+    /// Whether the barrier is still sealed (`unseal` opens it).
+    pub fn is_sealed(&self) -> bool {
+        self.sealed.is_some()
+    }
+
+    /// The same barrier, open, over another enforced plan (only for rules that keep its
+    /// meaning).
     pub(crate) fn with_input(&self, input: LogicalPlan) -> PolicyBarrier {
-        PolicyBarrier {
-            table: self.table.clone(),
-            input,
-        }
+        PolicyBarrier::open(self.table.clone(), input)
     }
 }
 
@@ -201,7 +316,11 @@ impl UserDefinedLogicalNodeCore for PolicyBarrier {
     }
 
     fn inputs(&self) -> Vec<&LogicalPlan> {
-        vec![&self.input]
+        if self.is_sealed() {
+            vec![]
+        } else {
+            vec![&self.input]
+        }
     }
 
     fn schema(&self) -> &DFSchemaRef {
@@ -223,7 +342,12 @@ impl UserDefinedLogicalNodeCore for PolicyBarrier {
     }
 
     fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "LakegatePolicy: table={}", self.table)
+        write!(f, "LakegatePolicy: table={}", self.table)?;
+        if self.is_sealed() {
+            // The optimizer does not walk a sealed plan, so EXPLAIN's tree would not show it.
+            write!(f, ", sealed=[{}]", crate::seal::one_line(&self.input))?;
+        }
+        Ok(())
     }
 
     fn with_exprs_and_inputs(
@@ -231,18 +355,26 @@ impl UserDefinedLogicalNodeCore for PolicyBarrier {
         _exprs: Vec<Expr>,
         mut inputs: Vec<LogicalPlan>,
     ) -> Result<Self> {
-        let Some(input) = inputs.pop() else {
+        if self.is_sealed() {
+            return match inputs.is_empty() {
+                true => Ok(self.clone()),
+                false => plan_err!("a sealed LakegatePolicy has no input"),
+            };
+        }
+        let (Some(input), true) = (inputs.pop(), inputs.is_empty()) else {
             return plan_err!("LakegatePolicy needs one input");
         };
-        Ok(PolicyBarrier {
-            table: self.table.clone(),
-            input,
-        })
+        Ok(self.with_input(input))
     }
 
-    /// Unused columns may be pruned below the barrier: pruning does not reorder predicates.
+    /// Unused columns may be pruned below an open barrier: pruning does not reorder
+    /// predicates. A sealed one has no input to prune.
     fn necessary_children_exprs(&self, output_columns: &[usize]) -> Option<Vec<Vec<usize>>> {
-        Some(vec![output_columns.to_vec()])
+        if self.is_sealed() {
+            Some(vec![])
+        } else {
+            Some(vec![output_columns.to_vec()])
+        }
     }
 
     fn supports_limit_pushdown(&self) -> bool {
@@ -283,6 +415,7 @@ pub fn optimizer_rules() -> Vec<Arc<dyn OptimizerRule + Send + Sync>> {
         // predicates on.
         rules.push(Arc::new(crate::pushdown::PushSafePredicates));
     }
+    rules.push(Arc::new(crate::seal::NarrowSealedBarriers));
     rules.push(Arc::new(PushDownLimit::new()));
     rules
 }
@@ -307,9 +440,9 @@ impl AnalyzerRule for EnforcePolicy {
         "lakegate_enforce_policy"
     }
 
-    fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> Result<LogicalPlan> {
+    fn analyze(&self, plan: LogicalPlan, config: &ConfigOptions) -> Result<LogicalPlan> {
         let used = column_names(&plan);
-        enforce(plan, None, &used)
+        enforce(plan, None, &used, config)
     }
 }
 
@@ -324,6 +457,7 @@ fn enforce(
     plan: LogicalPlan,
     own_raw: Option<&Arc<dyn TableProvider>>,
     used: &Option<HashSet<String>>,
+    config: &ConfigOptions,
 ) -> Result<LogicalPlan> {
     plan.transform_down_with_subqueries(|node| {
         if let LogicalPlan::Extension(ext) = &node
@@ -339,7 +473,7 @@ fn enforce(
         if let Some(body) = scan.source.get_logical_plan() {
             let body = body.into_owned();
             let used = column_names(&body);
-            let body = enforce(body, None, &used)?;
+            let body = enforce(body, None, &used, config)?;
             let aliased = SubqueryAlias::try_new(Arc::new(body), scan.table_name.clone())?;
             return Ok(Transformed::new(
                 LogicalPlan::SubqueryAlias(aliased),
@@ -358,15 +492,8 @@ fn enforce(
             )));
         }
         if let Some(view) = provider.downcast_ref::<PolicyView>() {
-            // What the narrowed plan names is what it needs from beneath (a view's body, which
-            // may be inlined in it already, and its scans).
-            let narrowed = view.narrowed(used)?;
-            let used = column_names(&narrowed);
             let barrier = LogicalPlan::Extension(Extension {
-                node: Arc::new(PolicyBarrier {
-                    table: view.table.clone(),
-                    input: enforce(narrowed, Some(&view.raw), &used)?,
-                }),
+                node: Arc::new(view.barrier(&provider, used, config)?),
             });
             let aliased = SubqueryAlias::try_new(Arc::new(barrier), scan.table_name.clone())?;
             return Ok(Transformed::new(
@@ -467,16 +594,26 @@ pub struct PolicyExtensionPlanner;
 impl ExtensionPlanner for PolicyExtensionPlanner {
     async fn plan_extension(
         &self,
-        _planner: &dyn PhysicalPlanner,
+        planner: &dyn PhysicalPlanner,
         node: &dyn UserDefinedLogicalNode,
         _logical_inputs: &[&LogicalPlan],
         physical_inputs: &[Arc<dyn ExecutionPlan>],
-        _session: &dyn Session,
+        session: &dyn Session,
         _planning_ctx: &PhysicalPlanningContext,
     ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
         let Some(barrier) = node.as_any().downcast_ref::<PolicyBarrier>() else {
             return Ok(None);
         };
+        if barrier.is_sealed() {
+            // Left sealed (`unseal` was not run): its plan is planned as it is.
+            let input = planner
+                .create_physical_plan(&barrier.input, session)
+                .await?;
+            return Ok(Some(Arc::new(PolicyBarrierExec::new(
+                barrier.table.clone(),
+                input,
+            ))));
+        }
         match physical_inputs {
             [input] => Ok(Some(Arc::new(PolicyBarrierExec::new(
                 barrier.table.clone(),

@@ -26,8 +26,9 @@ impl QueryPlanner for Planner {
         plan: &datafusion::logical_expr::LogicalPlan,
         session: &dyn datafusion::catalog::Session,
     ) -> datafusion::error::Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        let plan = lakegate_policy::unseal(plan.clone(), session.config_options())?;
         DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(PolicyExtensionPlanner)])
-            .create_physical_plan(plan, session)
+            .create_physical_plan(&plan, session)
             .await
     }
 }
@@ -83,18 +84,25 @@ async fn run(ctx: &SessionContext, sql: &str) -> Result<String, String> {
 }
 
 async fn session_for(user: &str) -> SessionContext {
+    session_with(user, "owner = ${user.name}", true).await
+}
+
+/// A session whose `docs` is a policy view with `row_filter`, sealed (`sealing`) or planned open
+/// as every view was before sealing.
+async fn session_with(user: &str, row_filter: &str, sealing: bool) -> SessionContext {
     let policy = PolicySet::load(&[PolicySource {
         file: "p.yaml".into(),
-        text: r#"
+        text: format!(
+            r#"
 rules:
   - name: own-rows
-    principals: { users: ["*"] }
+    principals: {{ users: ["*"] }}
     tables: ["db.docs"]
-    row_filter: "owner = ${user.name}"
+    row_filter: "{row_filter}"
     columns:
-      - { name: secret, mask: { sql: "upper(secret) || '-' || ${user.name}" } }
+      - {{ name: secret, mask: {{ sql: "upper(secret) || '-' || ${{user.name}}" }} }}
 "#
-        .into(),
+        ),
     }])
     .expect("policy");
     let meta = table_meta("db", "docs", &["id", "owner", "secret"]);
@@ -111,11 +119,10 @@ rules:
         &ctx.state(),
     )
     .expect("compiles");
-    ctx.register_table(
-        "docs",
-        Arc::new(PolicyView::new("db.docs", access.rule, compiled)),
-    )
-    .expect("register");
+    let view = PolicyView::new("db.docs", access.rule, compiled);
+    let view = if sealing { view } else { view.never_sealed() };
+    ctx.register_table("docs", Arc::new(view))
+        .expect("register");
     ctx
 }
 
@@ -402,4 +409,81 @@ async fn a_policed_query_is_optimized_in_one_pass_the_second_confirms() {
     .await
     .expect("query");
     assert!(out.contains("| 0 "), "{out}");
+}
+
+/// The optimized plan of `sql` in `ctx`, its barriers opened, and whether any barrier was
+/// sealed before.
+async fn opened_plan(ctx: &SessionContext, sql: &str) -> (String, bool) {
+    use datafusion::common::tree_node::TreeNode;
+    use lakegate_policy::PolicyBarrier;
+    let state = ctx.state();
+    let plan = state.create_logical_plan(sql).await.expect("plans");
+    let optimized = state.optimize(&plan).expect("optimizes");
+    let barrier_sealed = |plan: &datafusion::logical_expr::LogicalPlan| {
+        plan.exists(|node| {
+            Ok(matches!(node, datafusion::logical_expr::LogicalPlan::Extension(ext)
+                if ext.node.as_any().downcast_ref::<PolicyBarrier>().is_some_and(|b| b.is_sealed())))
+        })
+        .expect("walks")
+    };
+    let sealed = barrier_sealed(&optimized);
+    let opened = lakegate_policy::unseal(optimized, state.config_options()).expect("opens");
+    assert!(!barrier_sealed(&opened), "{sql}: a barrier stayed sealed");
+    (opened.display_indent().to_string(), sealed)
+}
+
+/// A sealed barrier's plan is optimized apart from the query's; opened, the query's plan is the
+/// one an open barrier gives (predicates moved in, projections pruned), and so are its rows.
+#[tokio::test]
+async fn a_sealed_barrier_opens_to_the_plan_an_open_one_gives() {
+    let sealed = session_for("ann").await;
+    let open = session_with("ann", "owner = ${user.name}", false).await;
+    let cases = [
+        "SELECT id FROM docs WHERE id > 1",
+        "SELECT count(*) AS n FROM docs WHERE id = 3",
+        "SELECT secret FROM docs WHERE secret LIKE 'S%' AND id >= 1 LIMIT 1",
+        "SELECT id FROM docs WHERE owner <> 'bob' AND id BETWEEN 1 AND 5 LIMIT 3",
+        "SELECT a.id, b.secret FROM docs a JOIN docs b ON a.id = b.id \
+         WHERE a.id > 1 AND b.secret <> 'x' ORDER BY a.id DESC LIMIT 10",
+        "SELECT owner, count(*) AS n FROM docs WHERE CAST(secret AS INT) = 1 OR id = 3 GROUP BY owner",
+        "SELECT id FROM docs WHERE id IN (SELECT id FROM docs WHERE secret = 'S3-ANN')",
+        "SELECT id, secret FROM docs d WHERE EXISTS (SELECT 1 FROM docs e WHERE e.id = d.id + 1)",
+    ];
+    for sql in cases {
+        let (from_sealed, was_sealed) = opened_plan(&sealed, sql).await;
+        let (from_open, open_was_sealed) = opened_plan(&open, sql).await;
+        assert!(was_sealed && !open_was_sealed, "{sql}");
+        assert_eq!(from_sealed, from_open, "{sql}");
+        assert_eq!(run(&sealed, sql).await, run(&open, sql).await, "{sql}");
+    }
+    // and a prepared statement's value reaches the moved predicate once bound
+    let sql = "SELECT id, secret FROM docs WHERE id = $1";
+    let (from_sealed, _) = opened_plan(&sealed, sql).await;
+    assert!(from_sealed.contains("docs.id = $1"), "{from_sealed}");
+    let out = sealed
+        .sql(sql)
+        .await
+        .expect("plans")
+        .with_param_values(vec![datafusion::common::ScalarValue::Int64(Some(3))])
+        .expect("binds")
+        .collect()
+        .await
+        .expect("runs");
+    let out = pretty_format_batches(&out).expect("formats").to_string();
+    assert!(out.contains("| 3  | S3-ann |"), "{out}");
+    assert!(!out.contains("| 2 "), "{out}");
+}
+
+/// Only plans over the view's own table with functions that always give the same result are
+/// sealed: a row filter calling `random()` (or `now()`, or reading another table) stays open,
+/// planned with the query as before.
+#[tokio::test]
+async fn a_row_filter_that_may_change_between_runs_is_not_sealed() {
+    let ctx = session_with("ann", "owner = ${user.name} AND random() < 2", true).await;
+    let (_, sealed) = opened_plan(&ctx, "SELECT id FROM docs WHERE id > 1").await;
+    assert!(!sealed);
+    let out = run(&ctx, "SELECT id FROM docs WHERE id > 1")
+        .await
+        .expect("runs");
+    assert!(out.contains("| 3  |") && !out.contains("| 2 "), "{out}");
 }

@@ -565,6 +565,7 @@ mod cases {
         let state = session.context().state();
         let plan = state.create_logical_plan(sql).await.expect("plan");
         let plan = state.optimize(&plan).expect("optimize");
+        let plan = lakegate_policy::unseal(plan, state.config_options()).expect("unseal");
         let physical = state
             .query_planner()
             .create_physical_plan(&plan, &state)
@@ -587,6 +588,7 @@ mod cases {
             .await
             .expect("plan");
         let plan = state.optimize(&plan).expect("optimize");
+        let plan = lakegate_policy::unseal(plan, state.config_options()).expect("unseal");
         let policy = super::policy_expressions(&plan).expect("policy");
         assert!(
             policy.iter().any(|(_, e)| e.contains("sha256")),
