@@ -826,6 +826,69 @@ pub(crate) mod tests {
             .to_string()
     }
 
+    /// The quickstart's tables are sealed in their users' plans (their row filters and masks
+    /// call only functions that always give the same result), the user's views are not
+    /// (a view's body is planned with the query), and every plan leaves the plan cache's
+    /// optimizing open, its safe predicate beside the row filter.
+    #[tokio::test]
+    async fn quickstart_tables_plan_sealed_and_leave_optimizing_open() {
+        use datafusion::common::tree_node::TreeNode;
+        use lakegate_policy::PolicyBarrier;
+        let barriers = |plan: &LogicalPlan| {
+            let mut found = Vec::new();
+            plan.apply(|node| {
+                if let LogicalPlan::Extension(ext) = node
+                    && let Some(b) = ext.node.as_any().downcast_ref::<PolicyBarrier>()
+                {
+                    found.push((b.table().to_string(), b.is_sealed()));
+                }
+                Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+            })
+            .expect("walks");
+            found
+        };
+        let (lake, _) = quickstart().await;
+        let alice = lake
+            .session(lake.identity_of("alice").expect("alice"), None)
+            .await
+            .expect("session");
+        let state = alice.context().state();
+        let sql = "SELECT h.email, s.units FROM hcp h JOIN sales s ON s.hcp_id = h.hcp_id \
+                   WHERE h.specialty = 'Oncology'";
+        let plan = state.create_logical_plan(sql).await.expect("plans");
+        let optimized = state.optimize(&plan).expect("optimizes");
+        let mut sealed = barriers(&optimized);
+        sealed.sort();
+        assert_eq!(
+            sealed,
+            [
+                ("gtm.hcp".to_string(), true),
+                ("gtm.sales".to_string(), true)
+            ]
+        );
+        let (opened, _) = crate::plan_cache::optimize(&state, &plan).expect("optimizes");
+        assert!(
+            barriers(&opened).iter().all(|(_, sealed)| !sealed),
+            "{opened}"
+        );
+        let text = opened.display_indent().to_string();
+        assert!(
+            text.contains("specialty = Utf8View(\"Oncology\")"),
+            "{text}"
+        );
+        let view = state
+            .create_logical_plan("SELECT * FROM sales_by_country")
+            .await
+            .expect("plans");
+        let view = state.optimize(&view).expect("optimizes");
+        assert!(
+            barriers(&view)
+                .iter()
+                .any(|(table, sealed)| table == "gtm.sales_by_country" && !sealed),
+            "{view}"
+        );
+    }
+
     #[tokio::test]
     async fn connections_of_a_user_share_the_catalog_not_the_settings() {
         let (lake, _) = quickstart().await;

@@ -28,58 +28,50 @@ use crate::rewrite::{PolicyBarrier, PolicyView, optimizer_rules};
 /// subquery, parameter or function whose result may change between runs (`now()`). Anything
 /// else (a view's body, a lookup table in a row filter) stays open, as every plan did before.
 pub(crate) fn seals(enforced: &LogicalPlan, raw: &Arc<dyn TableProvider>) -> bool {
-    let mut plain = true;
-    let _ = enforced.apply_with_subqueries(|node| {
-        plain &= match node {
-            LogicalPlan::Projection(_) | LogicalPlan::Filter(_) => true,
-            LogicalPlan::TableScan(scan) => {
-                scan.source.get_logical_plan().is_none()
-                    && source_as_provider(&scan.source).is_ok_and(|p| Arc::ptr_eq(&p, raw))
-            }
-            _ => false,
-        };
-        let _ = node.apply_expressions(|expr| {
-            expr.apply(|e| {
-                plain &= match e {
-                    Expr::ScalarFunction(f) => {
-                        f.func.signature().volatility == Volatility::Immutable
-                    }
-                    Expr::Column(_)
-                    | Expr::Literal(..)
-                    | Expr::Alias(_)
-                    | Expr::BinaryExpr(_)
-                    | Expr::Like(_)
-                    | Expr::SimilarTo(_)
-                    | Expr::Not(_)
-                    | Expr::IsNotNull(_)
-                    | Expr::IsNull(_)
-                    | Expr::IsTrue(_)
-                    | Expr::IsFalse(_)
-                    | Expr::IsUnknown(_)
-                    | Expr::IsNotTrue(_)
-                    | Expr::IsNotFalse(_)
-                    | Expr::IsNotUnknown(_)
-                    | Expr::Negative(_)
-                    | Expr::Between(_)
-                    | Expr::Case(_)
-                    | Expr::Cast(_)
-                    | Expr::TryCast(_)
-                    | Expr::InList(_) => true,
-                    _ => false,
-                };
-                Ok(stop_unless(plain))
-            })
-        });
-        Ok(stop_unless(plain))
+    let plain_node = |node: &LogicalPlan| match node {
+        LogicalPlan::Projection(_) | LogicalPlan::Filter(_) => true,
+        LogicalPlan::TableScan(scan) => {
+            scan.source.get_logical_plan().is_none()
+                && source_as_provider(&scan.source).is_ok_and(|p| Arc::ptr_eq(&p, raw))
+        }
+        _ => false,
+    };
+    // (A subquery is an expression that is not plain, so its plan needs no walk.)
+    let other = enforced.exists(|node| {
+        Ok(!plain_node(node)
+            || node
+                .expressions()
+                .iter()
+                .any(|expr| expr.exists(|e| Ok(!plain_expr(e))).unwrap_or(true)))
     });
-    plain
+    !other.unwrap_or(true)
 }
 
-fn stop_unless(go_on: bool) -> TreeNodeRecursion {
-    if go_on {
-        TreeNodeRecursion::Continue
-    } else {
-        TreeNodeRecursion::Stop
+fn plain_expr(expr: &Expr) -> bool {
+    match expr {
+        Expr::ScalarFunction(f) => f.func.signature().volatility == Volatility::Immutable,
+        Expr::Column(_)
+        | Expr::Literal(..)
+        | Expr::Alias(_)
+        | Expr::BinaryExpr(_)
+        | Expr::Like(_)
+        | Expr::SimilarTo(_)
+        | Expr::Not(_)
+        | Expr::IsNotNull(_)
+        | Expr::IsNull(_)
+        | Expr::IsTrue(_)
+        | Expr::IsFalse(_)
+        | Expr::IsUnknown(_)
+        | Expr::IsNotTrue(_)
+        | Expr::IsNotFalse(_)
+        | Expr::IsNotUnknown(_)
+        | Expr::Negative(_)
+        | Expr::Between(_)
+        | Expr::Case(_)
+        | Expr::Cast(_)
+        | Expr::TryCast(_)
+        | Expr::InList(_) => true,
+        _ => false,
     }
 }
 
@@ -106,7 +98,10 @@ pub fn unseal(plan: LogicalPlan, config: &ConfigOptions) -> Result<LogicalPlan> 
     let mut sealed = false;
     plan.apply_with_subqueries(|node| {
         sealed = sealed_barrier(node).is_some();
-        Ok(stop_unless(!sealed))
+        Ok(match sealed {
+            true => TreeNodeRecursion::Stop,
+            false => TreeNodeRecursion::Continue,
+        })
     })?;
     if !sealed {
         return Ok(plan);
