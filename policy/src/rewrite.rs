@@ -12,6 +12,9 @@
 //! `PolicyBarrierExec` refuses filter pushdown (including dynamic join/TopK filters). So the
 //! row filter sees raw values, user predicates see masked values, and no user predicate runs
 //! on a row the policy filtered out.
+//!
+//! Where the enforced plan allows it, the barrier is sealed (`crate::seal`): the view keeps the
+//! enforced plan optimized once per set of columns, and the query's optimizer sees a leaf.
 use std::any::Any;
 use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
