@@ -187,12 +187,27 @@ fn bench(c: &mut Criterion) {
 
     // The same, as a session's first query: its policy views seal their enforced plans for the
     // columns it names (`with_policy` above measures later queries, which find them sealed).
+    // The peer plans it as its session's first query too. Each session is made before the
+    // clock starts and dropped after it stops.
     let mut group = c.benchmark_group("plan_bi_query_first_in_session");
+    group.bench_function("datafusion_without_policy", |b| {
+        b.to_async(&runtime).iter_batched(
+            plain,
+            |ctx| async move {
+                plan(&ctx).await;
+                ctx
+            },
+            BatchSize::SmallInput,
+        )
+    });
     let thousand = policy(1000);
     group.bench_function("with_policy/1000", |b| {
         b.to_async(&runtime).iter_batched(
             || policed(&thousand),
-            |ctx| async move { plan(&ctx).await },
+            |ctx| async move {
+                plan(&ctx).await;
+                ctx
+            },
             BatchSize::SmallInput,
         )
     });

@@ -143,10 +143,18 @@ impl PolicyView {
     ) -> Result<PolicyBarrier> {
         let kept = self.kept(used);
         let key = kept.clone().unwrap_or_default();
-        if self.sealable
-            && let Some(input) = self.sealed_plans().get(&key)
-        {
-            return Ok(self.sealed_barrier(view, input.clone()));
+        if self.sealable {
+            let mut sealed = self.sealed_plans();
+            if let Some(input) = sealed.get(&key) {
+                return Ok(self.sealed_barrier(view, input.clone()));
+            }
+            if let Some(input) = narrowed_from_wider(&sealed, &key) {
+                let input = input?;
+                if sealed.len() < SEALED_PER_VIEW {
+                    sealed.insert(key, input.clone());
+                }
+                return Ok(self.sealed_barrier(view, input));
+            }
         }
         // What the narrowed plan names is what it needs from beneath (a view's body, which may
         // be inlined in it already, and its scans).
@@ -178,6 +186,29 @@ impl PolicyView {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// The plan for the columns at `key` narrowed from one sealed for more of them (a query's
+/// first seal takes every column name it uses anywhere; DataFusion's pruning then asks for
+/// those of this table alone), if one is kept and narrows (`seal::narrow`).
+fn narrowed_from_wider(
+    sealed: &HashMap<Vec<usize>, LogicalPlan>,
+    key: &[usize],
+) -> Option<Result<LogicalPlan>> {
+    if key.is_empty() {
+        return None; // every column: nothing is wider
+    }
+    sealed.iter().find_map(|(wider, plan)| {
+        // Positions in the wider plan's projection; an empty key kept every column.
+        let positions = match wider.is_empty() {
+            true => Some(key.to_vec()),
+            false => key
+                .iter()
+                .map(|k| wider.binary_search(k).ok())
+                .collect::<Option<Vec<_>>>(),
+        }?;
+        crate::seal::narrow(plan, &positions)
+    })
 }
 
 /// Every column name `plan` refers to, whatever its qualifier (a table's alias, a subquery's),

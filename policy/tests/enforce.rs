@@ -438,6 +438,10 @@ async fn opened_plan(ctx: &SessionContext, sql: &str) -> (String, bool) {
 async fn a_sealed_barrier_opens_to_the_plan_an_open_one_gives() {
     let sealed = session_for("ann").await;
     let open = session_with("ann", "owner = ${user.name}", false).await;
+    // A session whose view sealed every column first: each case's columns are narrowed from
+    // that plan (`seal::narrow`) rather than sealed anew.
+    let narrowing = session_for("ann").await;
+    opened_plan(&narrowing, "SELECT * FROM docs").await;
     let cases = [
         "SELECT id FROM docs WHERE id > 1",
         "SELECT count(*) AS n FROM docs WHERE id = 3",
@@ -454,6 +458,11 @@ async fn a_sealed_barrier_opens_to_the_plan_an_open_one_gives() {
         let (from_open, open_was_sealed) = opened_plan(&open, sql).await;
         assert!(was_sealed && !open_was_sealed, "{sql}");
         assert_eq!(from_sealed, from_open, "{sql}");
+        assert_eq!(
+            opened_plan(&narrowing, sql).await,
+            (from_open, true),
+            "{sql}"
+        );
         assert_eq!(run(&sealed, sql).await, run(&open, sql).await, "{sql}");
     }
     // and a prepared statement's value reaches the moved predicate once bound
