@@ -200,6 +200,16 @@ fn bench(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    group.bench_function("gateway_rules_without_policy", |b| {
+        b.to_async(&runtime).iter_batched(
+            plain_with_gateway_rules,
+            |ctx| async move {
+                plan(&ctx).await;
+                ctx
+            },
+            BatchSize::SmallInput,
+        )
+    });
     let thousand = policy(1000);
     group.bench_function("with_policy/1000", |b| {
         b.to_async(&runtime).iter_batched(

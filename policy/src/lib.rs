@@ -8,6 +8,7 @@
 //! `rules.json`. Within that rule, the first column rule that matches a column decides that
 //! column. No matching rule means no access (deny by default).
 
+mod columns;
 mod compile;
 mod error;
 mod identity;

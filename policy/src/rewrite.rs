@@ -25,7 +25,7 @@ use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::config::ConfigOptions;
-use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::tree_node::{Transformed, TreeNodeRecursion};
 use datafusion::common::{DFSchemaRef, DataFusionError, Result, plan_err};
 use datafusion::datasource::TableType;
 use datafusion::datasource::listing::ListingTable;
@@ -43,6 +43,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use datafusion::physical_planner::{ExtensionPlanner, PhysicalPlanner};
 
+use crate::columns::ColumnsUsed;
 use crate::compile::CompiledAccess;
 
 /// What a user's catalog holds for a table the user may read.
@@ -159,7 +160,7 @@ impl PolicyView {
         // What the narrowed plan names is what it needs from beneath (a view's body, which may
         // be inlined in it already, and its scans).
         let narrowed = self.narrowed(&kept)?;
-        let used = column_names(&narrowed);
+        let used = ColumnsUsed::of(&narrowed);
         let input = enforce(narrowed, Some(&self.raw), &used, config)?;
         if !self.sealable {
             return Ok(PolicyBarrier::open(self.table.clone(), input));
@@ -209,30 +210,6 @@ fn narrowed_from_wider(
         }?;
         crate::seal::narrow(plan, &positions)
     })
-}
-
-/// Every column name `plan` refers to, whatever its qualifier (a table's alias, a subquery's),
-/// inside subqueries and as outer references too: more than a scan needs when names repeat
-/// across tables, never less. None (every column) where a wildcard is left unexpanded, which
-/// DataFusion's SQL planner no longer does.
-fn column_names(plan: &LogicalPlan) -> Option<HashSet<String>> {
-    let mut names = Some(HashSet::new());
-    let _ = plan.apply_with_subqueries(|node| {
-        node.apply_expressions(|expr| {
-            expr.apply(|e| {
-                #[allow(deprecated)]
-                match (e, &mut names) {
-                    (Expr::Wildcard { .. }, _) => names = None,
-                    (Expr::Column(column) | Expr::OuterReferenceColumn(_, column), Some(names)) => {
-                        names.insert(column.name.clone());
-                    }
-                    _ => {}
-                }
-                Ok(TreeNodeRecursion::Continue)
-            })
-        })
-    });
-    names
 }
 
 #[async_trait]
@@ -475,7 +452,7 @@ impl AnalyzerRule for EnforcePolicy {
     }
 
     fn analyze(&self, plan: LogicalPlan, config: &ConfigOptions) -> Result<LogicalPlan> {
-        let used = column_names(&plan);
+        let used = ColumnsUsed::of(&plan);
         enforce(plan, None, &used, config)
     }
 }
@@ -490,7 +467,7 @@ impl AnalyzerRule for EnforcePolicy {
 fn enforce(
     plan: LogicalPlan,
     own_raw: Option<&Arc<dyn TableProvider>>,
-    used: &Option<HashSet<String>>,
+    used: &Option<ColumnsUsed>,
     config: &ConfigOptions,
 ) -> Result<LogicalPlan> {
     plan.transform_down_with_subqueries(|node| {
@@ -506,7 +483,7 @@ fn enforce(
         // A view (even a policy view's own input) is inlined and rewritten first.
         if let Some(body) = scan.source.get_logical_plan() {
             let body = body.into_owned();
-            let used = column_names(&body);
+            let used = ColumnsUsed::of(&body);
             let body = enforce(body, None, &used, config)?;
             let aliased = SubqueryAlias::try_new(Arc::new(body), scan.table_name.clone())?;
             return Ok(Transformed::new(
@@ -526,8 +503,9 @@ fn enforce(
             )));
         }
         if let Some(view) = provider.downcast_ref::<PolicyView>() {
+            let names = used.as_ref().map(|used| used.of_table(&scan.table_name));
             let barrier = LogicalPlan::Extension(Extension {
-                node: Arc::new(view.barrier(&provider, used, config)?),
+                node: Arc::new(view.barrier(&provider, &names, config)?),
             });
             let aliased = SubqueryAlias::try_new(Arc::new(barrier), scan.table_name.clone())?;
             return Ok(Transformed::new(
