@@ -3,7 +3,7 @@
 //! (the peer, measured in the same run), and by the gateway's optimizer rules without policy.
 //! A session's policy views seal their enforced plans for the columns a query names once
 //! (`plan_bi_query/with_policy`: a later query naming them; `plan_bi_query_first_in_session`:
-//! the first). `cargo bench -p lakegate-policy`.
+//! the first, against the peers' first query in a new session). `cargo bench -p lakegate-policy`.
 //!
 //! A BI-sized query here: three tables of 30 columns joined, filtered, grouped and ordered, as a
 //! dashboard tile sends it. The user's rule is the last of the N (first match scans them all);

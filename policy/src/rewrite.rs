@@ -5,7 +5,8 @@
 //! any other rule on every plan a session builds (simple and extended protocol, cursors,
 //! EXPLAIN, catalog queries), replaces each scan of a `PolicyView` with
 //! `SubqueryAlias(PolicyBarrier(Projection(masks) ← Filter(row filter) ← TableScan(raw)))`,
-//! the projection narrowed to the columns the query names (`PolicyView::narrowed`).
+//! the projection narrowed to the columns the query names of that table (`ColumnsUsed`,
+//! `PolicyView::narrowed`).
 //!
 //! The barrier keeps user predicates above the row filter: DataFusion's logical optimizer does
 //! not push filters into an extension node whose columns it prevents, and the physical
