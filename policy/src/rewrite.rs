@@ -190,9 +190,9 @@ impl PolicyView {
     }
 }
 
-/// The plan for the columns at `key` narrowed from one sealed for more of them (a query's
-/// first seal takes every column name it uses anywhere; DataFusion's pruning then asks for
-/// those of this table alone), if one is kept and narrows (`seal::narrow`).
+/// The plan for the columns at `key` cut from one sealed for more of them, if one is kept and
+/// narrows (`seal::narrow`): a later query naming fewer of a table's columns, or DataFusion's
+/// pruning leaving fewer than the query named (`NarrowSealedBarriers`).
 fn narrowed_from_wider(
     sealed: &HashMap<Vec<usize>, LogicalPlan>,
     key: &[usize],

@@ -365,9 +365,10 @@ pub(crate) fn one_line(plan: &LogicalPlan) -> String {
 }
 
 /// Seals a barrier again for the columns a plain projection right above it takes, in place of
-/// the projection (cut from the barrier's wider sealed plan: `narrow`). DataFusion's projection pruning puts such a projection above a leaf it cannot
-/// narrow, and its filter pushdown moves the barrier's Filter above it in the next pass, and so
-/// on: the optimizer would never settle. A scan takes the projection in; so does this rule.
+/// the projection (cut from the barrier's wider sealed plan: `narrow`). DataFusion's
+/// projection pruning puts such a projection above a leaf it cannot narrow, and its filter
+/// pushdown moves the barrier's Filter above it in the next pass, and so on: the optimizer
+/// would never settle. A scan takes the projection in; so does this rule.
 #[derive(Debug, Default)]
 pub struct NarrowSealedBarriers;
 
