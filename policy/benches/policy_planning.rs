@@ -190,37 +190,24 @@ fn bench(c: &mut Criterion) {
     // The peer plans it as its session's first query too. Each session is made before the
     // clock starts and dropped after it stops.
     let mut group = c.benchmark_group("plan_bi_query_first_in_session");
-    group.bench_function("datafusion_without_policy", |b| {
-        b.to_async(&runtime).iter_batched(
-            plain,
-            |ctx| async move {
-                plan(&ctx).await;
-                ctx
-            },
-            BatchSize::SmallInput,
-        )
-    });
-    group.bench_function("gateway_rules_without_policy", |b| {
-        b.to_async(&runtime).iter_batched(
-            plain_with_gateway_rules,
-            |ctx| async move {
-                plan(&ctx).await;
-                ctx
-            },
-            BatchSize::SmallInput,
-        )
-    });
     let thousand = policy(1000);
-    group.bench_function("with_policy/1000", |b| {
-        b.to_async(&runtime).iter_batched(
-            || policed(&thousand),
-            |ctx| async move {
-                plan(&ctx).await;
-                ctx
-            },
-            BatchSize::SmallInput,
-        )
-    });
+    let sessions: [(&str, &dyn Fn() -> SessionContext); 3] = [
+        ("datafusion_without_policy", &plain),
+        ("gateway_rules_without_policy", &plain_with_gateway_rules),
+        ("with_policy/1000", &|| policed(&thousand)),
+    ];
+    for (name, session) in sessions {
+        group.bench_function(name, |b| {
+            b.to_async(&runtime).iter_batched(
+                session,
+                |ctx| async move {
+                    plan(&ctx).await;
+                    ctx
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
     group.finish();
 
     // A query whose shape was planned before: its next values are bound into the kept plan,
