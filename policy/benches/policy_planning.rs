@@ -187,7 +187,7 @@ fn bench(c: &mut Criterion) {
 
     // The same, as a session's first query: its policy views seal their enforced plans for the
     // columns it names (`with_policy` above measures later queries, which find them sealed).
-    // The peer plans it as its session's first query too. Each session is made before the
+    // The peers plan it as their session's first query too. Each session is made before the
     // clock starts and dropped after it stops.
     let mut group = c.benchmark_group("plan_bi_query_first_in_session");
     let thousand = policy(1000);
