@@ -150,7 +150,7 @@ impl PolicyView {
             if let Some(input) = sealed.get(&key) {
                 return Ok(self.sealed_barrier(view, input.clone()));
             }
-            if let Some(input) = narrowed_from_wider(&sealed, &key) {
+            if let Some(input) = narrowed_from_wider(&sealed, &key, config) {
                 let input = input?;
                 if sealed.len() < SEALED_PER_VIEW {
                     sealed.insert(key, input.clone());
@@ -196,6 +196,7 @@ impl PolicyView {
 fn narrowed_from_wider(
     sealed: &HashMap<Vec<usize>, LogicalPlan>,
     key: &[usize],
+    config: &ConfigOptions,
 ) -> Option<Result<LogicalPlan>> {
     if key.is_empty() {
         return None; // every column: nothing is wider
@@ -209,7 +210,7 @@ fn narrowed_from_wider(
                 .map(|k| wider.binary_search(k).ok())
                 .collect::<Option<Vec<_>>>(),
         }?;
-        crate::seal::narrow(plan, &positions)
+        crate::seal::narrow(plan, &positions, config)
     })
 }
 

@@ -14,9 +14,9 @@ use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::datasource::source_as_provider;
 use datafusion::logical_expr::{
-    Expr, Extension, Filter, Limit, LogicalPlan, Projection, TableScan, TableScanBuilder,
-    Volatility,
+    Expr, Extension, Filter, Limit, LogicalPlan, Projection, Volatility,
 };
+use datafusion::optimizer::optimize_projections::OptimizeProjections;
 use datafusion::optimizer::push_down_filter::PushDownFilter;
 use datafusion::optimizer::{
     Analyzer, ApplyOrder, Optimizer, OptimizerConfig, OptimizerContext, OptimizerRule,
@@ -124,69 +124,38 @@ const NOT_FOR_PROJECTIONS_AND_FILTERS: [&str; 20] = [
 ];
 
 /// A sealed plan taking only the columns at `positions` of its projection, its scan reading
-/// only what they and the filters beneath need: what sealing the narrower set would give
-/// (DataFusion's projection pruning does the same, and a projection's expressions and the
-/// filters are optimized each on its own), for a few microseconds rather than a seal. None
-/// where the sealed plan is not a projection over filters over a scan (common subexpressions
-/// taken out, say), or the narrower plan would read no column: that set is sealed on its own.
-pub(crate) fn narrow(sealed: &LogicalPlan, positions: &[usize]) -> Option<Result<LogicalPlan>> {
+/// only what they and the filters beneath need: what sealing the narrower set would give, for
+/// one run of DataFusion's projection pruning rather than a seal (a projection's expressions
+/// and the filters are optimized each on its own, so the rest of a seal would leave them as
+/// they are). None where the sealed plan is not a projection over filters over a scan (common
+/// subexpressions taken out, say): that set is sealed on its own.
+pub(crate) fn narrow(
+    sealed: &LogicalPlan,
+    positions: &[usize],
+    config: &ConfigOptions,
+) -> Option<Result<LogicalPlan>> {
+    static PRUNING: LazyLock<Optimizer> =
+        LazyLock::new(|| Optimizer::with_rules(vec![Arc::new(OptimizeProjections::new())]));
     let LogicalPlan::Projection(projection) = sealed else {
         return None;
     };
+    let mut node = projection.input.as_ref();
+    while let LogicalPlan::Filter(filter) = node {
+        node = filter.input.as_ref();
+    }
+    if !matches!(node, LogicalPlan::TableScan(_)) {
+        return None;
+    }
     let exprs: Vec<Expr> = positions
         .iter()
         .map(|i| projection.expr.get(*i).cloned())
         .collect::<Option<_>>()?;
-    let mut filters = Vec::new();
-    let mut node = projection.input.as_ref();
-    let scan = loop {
-        match node {
-            LogicalPlan::Filter(filter) => {
-                filters.push(filter);
-                node = filter.input.as_ref();
-            }
-            LogicalPlan::TableScan(scan) => break scan,
-            _ => return None,
-        }
-    };
-    let mut read: Vec<usize> = Vec::new();
-    let predicates = filters.iter().map(|f| &f.predicate);
-    for column in exprs.iter().chain(predicates).flat_map(Expr::column_refs) {
-        read.push(scan.projected_schema.index_of_column(column).ok()?);
-    }
-    read.sort_unstable();
-    read.dedup();
-    if read.is_empty() {
-        return None;
-    }
-    let read = match &scan.projection {
-        Some(projected) => read
-            .iter()
-            .map(|i| projected.get(*i).copied())
-            .collect::<Option<_>>()?,
-        None => read,
-    };
-    Some(rebuilt(exprs, &filters, scan, read))
-}
-
-/// `exprs` over `filters` (top first) over `scan` reading the source's columns at `read`.
-fn rebuilt(
-    exprs: Vec<Expr>,
-    filters: &[&Filter],
-    scan: &TableScan,
-    read: Vec<usize>,
-) -> Result<LogicalPlan> {
-    let scan = TableScanBuilder::from(scan.clone())
-        .with_projection(Some(read))
-        .build()?;
-    let mut plan = LogicalPlan::TableScan(scan);
-    for filter in filters.iter().rev() {
-        plan = LogicalPlan::Filter(Filter::try_new(filter.predicate.clone(), Arc::new(plan))?);
-    }
-    Ok(LogicalPlan::Projection(Projection::try_new(
-        exprs,
-        Arc::new(plan),
-    )?))
+    let context = OptimizerContext::new_with_config_options(Arc::new(config.clone()));
+    Some(
+        Projection::try_new(exprs, projection.input.clone()).and_then(|narrower| {
+            PRUNING.optimize(LogicalPlan::Projection(narrower), &context, |_, _| {})
+        }),
+    )
 }
 
 /// Opens the sealed barriers of an optimized plan, moving into each the safe predicates of a
@@ -467,16 +436,16 @@ mod tests {
         let some = seal(enforced(&table, &[0, 2, 3])?, &config)?;
         for positions in [vec![0], vec![2], vec![3], vec![0, 2], vec![1, 3]] {
             let sealed = seal(enforced(&table, &positions)?, &config)?;
-            let from_every = narrow(&every, &positions).expect("narrows")?;
+            let from_every = narrow(&every, &positions, &config).expect("narrows")?;
             assert_eq!(from_every, sealed, "{positions:?}");
         }
         // positions are the wider plan's own: [0, 2] of (id, secret, region) is id and region
         let sealed = seal(enforced(&table, &[0, 3])?, &config)?;
-        assert_eq!(narrow(&some, &[0, 2]).expect("narrows")?, sealed);
-        assert!(narrow(&some, &[3]).is_none(), "no such column");
+        assert_eq!(narrow(&some, &[0, 2], &config).expect("narrows")?, sealed);
+        assert!(narrow(&some, &[3], &config).is_none(), "no such column");
         // a plan that is not a projection over filters over a scan is sealed anew
         let limited = LogicalPlanBuilder::from(every).limit(0, Some(1))?.build()?;
-        assert!(narrow(&limited, &[0]).is_none());
+        assert!(narrow(&limited, &[0], &config).is_none());
         Ok(())
     }
 }
