@@ -207,7 +207,9 @@ async fn open_cursors(
             &statement,
             df.schema().as_arrow(),
         ));
-        let batches = df.execute_stream().await.map_err(df_err)?;
+        let task = df.task_ctx();
+        let physical = df.create_physical_plan().await.map_err(df_err)?;
+        let batches = crate::runtimes::execute(physical, Arc::new(task)).map_err(df_err)?;
         cursors.declare(&name.value, schema, batches).await;
         let stored = (statement.to_string(), Some((statement, plan)));
         let stored = Arc::new(StoredStatement::new(name.value.clone(), stored, vec![]));
@@ -427,8 +429,8 @@ where
         .await
         .map_err(df_err)?;
     let fields = Arc::new(pgwire_fields(&named(&optimized), format, client)?);
-    let batches = datafusion::physical_plan::execute_stream(physical, session.task_context(state))
-        .map_err(df_err)?;
+    let batches =
+        crate::runtimes::execute(physical, session.task_context(state)).map_err(df_err)?;
     let peer = client
         .session_extensions()
         .get::<Arc<PeerWatch>>()

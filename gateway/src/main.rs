@@ -44,6 +44,7 @@ mod plan_template;
 mod register;
 mod regproc;
 mod route;
+mod runtimes;
 mod scalar_subquery;
 mod server;
 mod settings;

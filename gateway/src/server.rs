@@ -16,6 +16,7 @@ use crate::handler::QueryHandler;
 use crate::lake::Lake;
 use crate::oidc::OidcVerifier;
 use crate::pg_compat;
+use crate::runtimes::ConnectionThreads;
 use crate::tokens::AccessTokens;
 
 pub struct Server {
@@ -51,10 +52,14 @@ impl Server {
         }
     }
 
-    /// Serves until the listener fails. Each connection runs in its own task.
+    /// Serves until the listener fails. Each connection runs in its own task, on one of the
+    /// connection threads (`runtimes`).
     pub async fn serve(self, listener: TcpListener) -> std::io::Result<()> {
         let allow_plaintext = self.lake.config.tls.allow_plaintext || self.tls.is_none();
         let beat = crate::peer::Beat::start();
+        // As many as the runtime serving has workers, so `TOKIO_WORKER_THREADS` sets both.
+        let queries = tokio::runtime::Handle::current();
+        let threads = ConnectionThreads::start(queries.metrics().num_workers(), queries)?;
         loop {
             let (socket, peer) = match listener.accept().await {
                 Ok(accepted) => accepted,
@@ -82,7 +87,22 @@ impl Server {
                 cancel: Arc::new(DefaultCancelHandler::new(self.connections.clone())),
             };
             let tls = self.tls.clone();
-            tokio::spawn(async move {
+            let socket = match socket.into_std() {
+                Ok(socket) => socket,
+                Err(error) => {
+                    tracing::info!(%peer, %error, "cannot hand a connection to its thread");
+                    continue;
+                }
+            };
+            threads.serve(move || async move {
+                // registered with the connection thread's own driver
+                let socket = match tokio::net::TcpStream::from_std(socket) {
+                    Ok(socket) => socket,
+                    Err(error) => {
+                        tracing::info!(%peer, %error, "cannot serve a connection");
+                        return;
+                    }
+                };
                 if let Err(error) = pgwire::tokio::process_socket(socket, tls, handlers).await {
                     tracing::info!(%peer, %error, "connection ended with an error");
                 }
