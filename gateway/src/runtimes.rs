@@ -194,15 +194,10 @@ mod tests {
     use super::*;
     use datafusion::prelude::SessionContext;
 
-    async fn physical(ctx: &SessionContext, sql: &str) -> Arc<dyn ExecutionPlan> {
-        let df = ctx.sql(sql).await.expect("plans");
-        df.create_physical_plan().await.expect("physical")
-    }
-
-    #[tokio::test]
-    async fn plans_in_memory_on_one_partition_answer_in_place_others_do_not() {
+    /// A session planning for `partitions` partitions, with a memory table `t` of two rows.
+    async fn session_with_table(partitions: usize) -> SessionContext {
         let ctx = SessionContext::new_with_config(
-            datafusion::prelude::SessionConfig::new().with_target_partitions(2),
+            datafusion::prelude::SessionConfig::new().with_target_partitions(partitions),
         );
         ctx.sql("CREATE TABLE t AS VALUES (1, 'a'), (2, 'b')")
             .await
@@ -210,6 +205,17 @@ mod tests {
             .collect()
             .await
             .expect("runs");
+        ctx
+    }
+
+    async fn physical(ctx: &SessionContext, sql: &str) -> Arc<dyn ExecutionPlan> {
+        let df = ctx.sql(sql).await.expect("plans");
+        df.create_physical_plan().await.expect("physical")
+    }
+
+    #[tokio::test]
+    async fn plans_in_memory_on_one_partition_answer_in_place_others_do_not() {
+        let ctx = session_with_table(2).await;
         assert!(answers_in_place(physical(&ctx, "SELECT 1").await.as_ref()));
         assert!(answers_in_place(
             physical(&ctx, "SELECT column2 FROM t WHERE column1 = 2")
@@ -308,16 +314,8 @@ mod tests {
         );
         let (told, answers) = std::sync::mpsc::channel();
         threads.serve(move || async move {
-            let ctx = SessionContext::new_with_config(
-                datafusion::prelude::SessionConfig::new().with_target_partitions(1),
-            );
+            let ctx = session_with_table(1).await;
             ctx.register_udf(ran_on);
-            ctx.sql("CREATE TABLE t AS VALUES (1), (2)")
-                .await
-                .expect("creates")
-                .collect()
-                .await
-                .expect("runs");
             let mut seen = Vec::new();
             for sql in [
                 "SELECT ran_on()",
