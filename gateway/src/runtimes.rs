@@ -7,7 +7,7 @@
 //! clients of prepared lookups a tenth of the gateway's CPU went to context switches. A
 //! connection kept on one thread with its own I/O driver is read, answered and written
 //! there, as a PostgreSQL backend is; the gateway's CPU per such lookup fell by about a sixth
-//! and its rate rose by a fifth to a quarter (BENCHMARKS.md, 2026-12-01). Analytical queries
+//! and its rate rose by a fifth to a third (BENCHMARKS.md, 2026-12-01). Analytical queries
 //! still need every core, so a plan that reads files or a remote engine, or runs on several
 //! partitions, runs on the shared workers and sends its batches to the connection's thread
 //! (DataFusion's receiver stream, which stops the query when the connection drops it).
