@@ -177,9 +177,11 @@ pub fn unseal(plan: LogicalPlan, config: &ConfigOptions) -> Result<LogicalPlan> 
     if !sealed {
         return Ok(plan);
     }
+    // One rule, kept for every call as `seal`'s and `narrow`'s optimizers are.
+    static PUSHDOWN: LazyLock<Optimizer> =
+        LazyLock::new(|| Optimizer::with_rules(vec![Arc::new(PushDownFilter::new())]));
     let config = OptimizerContext::new_with_config_options(Arc::new(config.clone()));
-    let pushdown = Optimizer::with_rules(vec![Arc::new(PushDownFilter::new())]);
-    let push = |inner: LogicalPlan| pushdown.optimize(inner, &config, |_, _| {});
+    let push = |inner: LogicalPlan| PUSHDOWN.optimize(inner, &config, |_, _| {});
     plan.transform_down_with_subqueries(|node| match node {
         // The projection of the columns the query takes, which the optimizer kept above the
         // barrier for the columns only its predicates needed: those moved in, it takes the
