@@ -69,7 +69,8 @@ impl ConnectionThreads {
                         QUERIES_RUN_ON.with(|on| {
                             on.get_or_init(|| queries);
                         });
-                        // Ends when the server stops handing out connections.
+                        // Ends when the server stops (its listener failed), and with it the
+                        // connections still on this thread.
                         runtime.block_on(async move {
                             while let Some(start) = waiting.recv().await {
                                 start();

@@ -101,7 +101,7 @@ impl FileStore {
 /// Runs a short read or write of the token file. On the main runtime's workers it tells the
 /// runtime first, so other tasks move to another worker meanwhile; a connection thread
 /// (`runtimes`) has only its own connections to hold up, and tokio cannot move them.
-fn off_the_workers<T>(work: impl FnOnce() -> T) -> T {
+fn blocking_briefly<T>(work: impl FnOnce() -> T) -> T {
     use tokio::runtime::{Handle, RuntimeFlavor};
     match Handle::try_current().map(|h| h.runtime_flavor()) {
         Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
@@ -112,7 +112,7 @@ fn off_the_workers<T>(work: impl FnOnce() -> T) -> T {
 #[async_trait]
 impl TokenStore for FileStore {
     async fn insert(&self, token: &AccessToken) -> Result<(), StoreError> {
-        off_the_workers(|| {
+        blocking_briefly(|| {
             self.change(|tokens| {
                 tokens.push(token.clone());
                 Ok(())
@@ -121,11 +121,11 @@ impl TokenStore for FileStore {
     }
 
     async fn get(&self, id: &str) -> Result<Option<AccessToken>, StoreError> {
-        off_the_workers(|| Ok(self.snapshot()?.into_iter().find(|t| t.id == id)))
+        blocking_briefly(|| Ok(self.snapshot()?.into_iter().find(|t| t.id == id)))
     }
 
     async fn list(&self, owner: Option<&str>) -> Result<Vec<AccessToken>, StoreError> {
-        off_the_workers(|| {
+        blocking_briefly(|| {
             let mut tokens: Vec<AccessToken> = self
                 .snapshot()?
                 .into_iter()
@@ -137,7 +137,7 @@ impl TokenStore for FileStore {
     }
 
     async fn revoke(&self, id: &str, owner: Option<&str>, at: u64) -> Result<bool, StoreError> {
-        off_the_workers(|| {
+        blocking_briefly(|| {
             self.change(|tokens| {
                 let found = tokens
                     .iter_mut()
@@ -154,7 +154,7 @@ impl TokenStore for FileStore {
     }
 
     async fn update_snapshot(&self, token: &AccessToken) -> Result<(), StoreError> {
-        off_the_workers(|| {
+        blocking_briefly(|| {
             self.change(|tokens| {
                 if let Some(stored) = tokens.iter_mut().find(|t| t.id == token.id) {
                     stored.groups = token.groups.clone();
@@ -168,7 +168,7 @@ impl TokenStore for FileStore {
     }
 
     async fn touch(&self, id: &str, at: u64) -> Result<(), StoreError> {
-        off_the_workers(|| {
+        blocking_briefly(|| {
             self.change(|tokens| {
                 if let Some(stored) = tokens.iter_mut().find(|t| t.id == id) {
                     stored.last_used_at = Some(at);
