@@ -8,9 +8,10 @@
 //! it spent against PostgreSQL, most of it sleeping in `ppoll` and being woken for one answer
 //! at a time. Where other connections have statements in flight, the answers a Sync writes
 //! (the extended protocol's, which drivers use: JDBC, Npgsql, asyncpg) now yield to them
-//! first (`tokio::task::yield_now`: the task runs again once its worker has run what was
-//! ready and looked at its sockets), and that round's answers reach their clients together. A
-//! lone connection's answer leaves at once: a yield would cost it a round of the scheduler.
+//! first (`tokio::task::yield_now`: the task runs again once its connection thread has run
+//! what was ready and looked at its sockets), and that round's answers reach their clients
+//! together. A lone connection's answer leaves at once: a yield would cost it a round of the
+//! scheduler.
 //! The simple protocol's answers leave as before: the same yield measured no different there.
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
