@@ -125,19 +125,7 @@ pub(crate) fn move_safe_predicates(
     let Some((barrier, projection)) = barrier_projection(&filter.input) else {
         return Ok(Transformed::no(LogicalPlan::Filter(filter)));
     };
-    // The barrier's column name → the raw column it passes through unmasked.
-    let unmasked: HashMap<String, Expr> = projection
-        .expr
-        .iter()
-        .zip(projection.schema.fields())
-        .filter_map(|(expr, field)| match expr {
-            Expr::Alias(alias) if matches!(alias.expr.as_ref(), Expr::Column(_)) => {
-                Some((field.name().clone(), alias.expr.as_ref().clone()))
-            }
-            Expr::Column(_) => Some((field.name().clone(), expr.clone())),
-            _ => None,
-        })
-        .collect();
+    let unmasked = unmasked_columns(projection);
     let mut moved = Vec::new();
     let mut kept = Vec::new();
     for predicate in split_conjunction_owned(filter.predicate.clone()) {
@@ -174,6 +162,23 @@ pub(crate) fn move_safe_predicates(
         Some(kept) => LogicalPlan::Filter(Filter::try_new(kept, Arc::new(barrier))?),
         None => barrier,
     }))
+}
+
+/// The barrier's column name → the raw column it passes through unmasked (a plain column of
+/// the barrier's projection, where a masked one is an expression).
+pub(crate) fn unmasked_columns(projection: &Projection) -> HashMap<String, Expr> {
+    projection
+        .expr
+        .iter()
+        .zip(projection.schema.fields())
+        .filter_map(|(expr, field)| match expr {
+            Expr::Alias(alias) if matches!(alias.expr.as_ref(), Expr::Column(_)) => {
+                Some((field.name().clone(), alias.expr.as_ref().clone()))
+            }
+            Expr::Column(_) => Some((field.name().clone(), expr.clone())),
+            _ => None,
+        })
+        .collect()
 }
 
 fn barrier_projection(plan: &LogicalPlan) -> Option<(&PolicyBarrier, &Projection)> {

@@ -10,9 +10,10 @@
 //!
 //! The barrier keeps user predicates above the row filter: DataFusion's logical optimizer does
 //! not push filters into an extension node whose columns it prevents, and the physical
-//! `PolicyBarrierExec` refuses filter pushdown (including dynamic join/TopK filters). So the
-//! row filter sees raw values, user predicates see masked values, and no user predicate runs
-//! on a row the policy filtered out.
+//! `PolicyBarrierExec` refuses the query's predicates (only DataFusion's dynamic join/TopK
+//! filters on unmasked columns pass it). So the row filter sees raw values, user predicates see
+//! masked values, and no user predicate runs on a row the policy filtered out, except the
+//! error-free ones on unmasked columns that `crate::pushdown` moves on purpose.
 //!
 //! Where the enforced plan allows it, the barrier is sealed (`crate::seal`): the view keeps the
 //! enforced plan optimized once per set of columns, and the query's optimizer sees a leaf.
@@ -25,6 +26,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::Statistics;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNodeRecursion};
 use datafusion::common::{DFSchemaRef, DataFusionError, Result, plan_err};
@@ -41,6 +43,11 @@ use datafusion::optimizer::push_down_filter::PushDownFilter;
 use datafusion::optimizer::push_down_limit::PushDownLimit;
 use datafusion::optimizer::{AnalyzerRule, Optimizer, OptimizerRule};
 use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::DynamicFilterPhysicalExpr;
+use datafusion::physical_plan::filter_pushdown::{
+    ChildFilterDescription, FilterDescription, FilterPushdownPhase,
+};
+use datafusion::physical_plan::statistics::{ChildStats, StatisticsArgs};
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use datafusion::physical_planner::{ExtensionPlanner, PhysicalPlanner};
 
@@ -531,16 +538,31 @@ fn enforce(
     .map(|t| t.data)
 }
 
-/// Physical form of the barrier: passes batches through, accepts no pushed-down filters.
+/// Physical form of the barrier: passes batches and statistics through, and lets through only
+/// the dynamic filters DataFusion derives while a query runs (a hash join's build-side keys, a
+/// TopK's threshold) on columns it passes unmasked.
+///
+/// Such a filter compares raw values with values already read from rows the user may see: like
+/// the error-free predicates `pushdown` moves, it cannot fail on a hidden row, and only drops
+/// earlier what the query's join or TopK would drop. Through a mask it would run the mask (a
+/// data owner's SQL) on hidden rows, so masked columns keep it above. The query's own
+/// predicates (the `Pre` phase) are never let through here: the logical plan has already moved
+/// the ones that may go.
 #[derive(Debug)]
 pub struct PolicyBarrierExec {
     table: String,
     input: Arc<dyn ExecutionPlan>,
+    /// The columns passed through unmasked, by name.
+    unmasked: Arc<HashSet<String>>,
 }
 
 impl PolicyBarrierExec {
-    pub fn new(table: String, input: Arc<dyn ExecutionPlan>) -> Self {
-        PolicyBarrierExec { table, input }
+    pub fn new(table: String, input: Arc<dyn ExecutionPlan>, unmasked: HashSet<String>) -> Self {
+        PolicyBarrierExec {
+            table,
+            input,
+            unmasked: Arc::new(unmasked),
+        }
     }
 }
 
@@ -586,9 +608,60 @@ impl ExecutionPlan for PolicyBarrierExec {
             (Some(input), true) => Ok(Arc::new(PolicyBarrierExec {
                 table: self.table.clone(),
                 input,
+                unmasked: self.unmasked.clone(),
             })),
             _ => plan_err!("LakegatePolicyExec needs one input"),
         }
+    }
+
+    // The enforced plan's estimates (row filter included), so that a join builds its hash
+    // table from the smaller side, as it would over the table alone. Plans are not shown to
+    // users (EXPLAIN is logical only).
+    fn child_stats_requests(&self, partition: Option<usize>) -> Vec<ChildStats> {
+        vec![ChildStats::At(partition)]
+    }
+
+    fn statistics_from_inputs(
+        &self,
+        input_stats: &[Arc<Statistics>],
+        _args: &StatisticsArgs,
+    ) -> Result<Arc<Statistics>> {
+        match input_stats {
+            [input] => Ok(input.clone()),
+            _ => plan_err!("LakegatePolicyExec needs one input"),
+        }
+    }
+
+    fn gather_filters_for_pushdown(
+        &self,
+        phase: FilterPushdownPhase,
+        parent_filters: Vec<Arc<dyn PhysicalExpr>>,
+        _config: &ConfigOptions,
+    ) -> Result<FilterDescription> {
+        let only_dynamic = parent_filters
+            .iter()
+            .all(|filter| filter.downcast_ref::<DynamicFilterPhysicalExpr>().is_some());
+        if phase != FilterPushdownPhase::Post || !only_dynamic {
+            return Ok(FilterDescription::all_unsupported(
+                &parent_filters,
+                &self.children(),
+            ));
+        }
+        let schema = self.schema();
+        let unmasked = schema
+            .fields()
+            .iter()
+            .enumerate()
+            .filter(|(_, field)| self.unmasked.contains(field.name()))
+            .map(|(index, _)| index)
+            .collect();
+        Ok(FilterDescription::new().with_child(
+            ChildFilterDescription::from_child_with_allowed_indices(
+                &parent_filters,
+                unmasked,
+                &self.input,
+            )?,
+        ))
     }
 
     fn execute(
@@ -618,6 +691,13 @@ impl ExtensionPlanner for PolicyExtensionPlanner {
         let Some(barrier) = node.as_any().downcast_ref::<PolicyBarrier>() else {
             return Ok(None);
         };
+        let unmasked = match &barrier.input {
+            LogicalPlan::Projection(projection) => crate::pushdown::unmasked_columns(projection)
+                .into_keys()
+                .collect(),
+            // Not the enforced plan's usual shape: nothing is known to pass unmasked.
+            _ => HashSet::new(),
+        };
         if barrier.is_sealed() {
             // Left sealed (`unseal` was not run): its plan is planned as it is.
             let input = planner
@@ -626,12 +706,14 @@ impl ExtensionPlanner for PolicyExtensionPlanner {
             return Ok(Some(Arc::new(PolicyBarrierExec::new(
                 barrier.table.clone(),
                 input,
+                unmasked,
             ))));
         }
         match physical_inputs {
             [input] => Ok(Some(Arc::new(PolicyBarrierExec::new(
                 barrier.table.clone(),
                 input.clone(),
+                unmasked,
             )))),
             _ => plan_err!("LakegatePolicy needs one input"),
         }
