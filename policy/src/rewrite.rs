@@ -615,8 +615,10 @@ impl ExecutionPlan for PolicyBarrierExec {
     }
 
     // The enforced plan's estimates (row filter included), so that a join builds its hash
-    // table from the smaller side, as it would over the table alone. Plans are not shown to
-    // users (EXPLAIN is logical only).
+    // table from the smaller side, as it would over the table alone. Estimates only: no
+    // optimizer rule may take an answer from them (`count(*)`, `max(x)` from file metadata),
+    // every answer is computed above the barrier. Plans are not shown to users (EXPLAIN is
+    // logical only).
     fn child_stats_requests(&self, partition: Option<usize>) -> Vec<ChildStats> {
         vec![ChildStats::At(partition)]
     }
@@ -627,7 +629,7 @@ impl ExecutionPlan for PolicyBarrierExec {
         _args: &StatisticsArgs,
     ) -> Result<Arc<Statistics>> {
         match input_stats {
-            [input] => Ok(input.clone()),
+            [input] => Ok(Arc::new(input.as_ref().clone().to_inexact())),
             _ => plan_err!("LakegatePolicyExec needs one input"),
         }
     }

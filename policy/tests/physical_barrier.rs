@@ -345,3 +345,33 @@ fn only_dynamic_filters_on_unmasked_columns_pass_the_barrier() {
         [false, false]
     );
 }
+
+#[tokio::test]
+async fn no_answer_is_taken_from_the_barriers_estimates() {
+    let dir = temp_dir("barrier-statistics");
+    let ctx = session("ann", &dir).await;
+    // tags has no row filter and exact sizes; still the aggregate runs over the rows.
+    let sql = "SELECT count(*) AS n FROM tags";
+    let plan = physical_plan(&ctx, sql).await;
+    assert!(
+        plan.contains("AggregateExec"),
+        "answered from statistics:\n{plan}"
+    );
+    let expected = "\
++---+
+| n |
++---+
+| 3 |
++---+";
+    assert_eq!(rows(&ctx, sql).await, expected);
+    // The file's metadata counts bob's docs too; ann's count is hers.
+    let expected = "\
++-----+-----+
+| n   | top |
++-----+-----+
+| 500 | 999 |
++-----+-----+";
+    let mine = "SELECT count(*) AS n, max(id) AS top FROM docs";
+    assert_eq!(rows(&ctx, mine).await, expected);
+    std::fs::remove_dir_all(&dir).ok();
+}
