@@ -8,54 +8,11 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::catalog::MemTable;
 use datafusion::common::TableReference;
-use datafusion::execution::SessionStateBuilder;
-use datafusion::execution::context::QueryPlanner;
-use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
 use datafusion::prelude::SessionContext;
-use lakegate_policy::{
-    ColumnMeta, Decision, Identity, PolicyExtensionPlanner, PolicySet, PolicySource, PolicyView,
-    TableMeta, compile_access,
-};
+use lakegate_policy::{Decision, Identity, PolicySet, PolicySource, PolicyView, compile_access};
 
-#[derive(Debug)]
-struct Planner;
-#[async_trait::async_trait]
-impl QueryPlanner for Planner {
-    async fn create_physical_plan(
-        &self,
-        plan: &datafusion::logical_expr::LogicalPlan,
-        session: &dyn datafusion::catalog::Session,
-    ) -> datafusion::error::Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
-        let plan = lakegate_policy::unseal(plan.clone(), session.config_options())?;
-        DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(PolicyExtensionPlanner)])
-            .create_physical_plan(&plan, session)
-            .await
-    }
-}
-
-/// A table with untagged columns.
-fn table_meta(database: &str, table: &str, columns: &[&str]) -> TableMeta {
-    TableMeta {
-        database: database.into(),
-        table: table.into(),
-        tags: Default::default(),
-        columns: columns
-            .iter()
-            .map(|n| ColumnMeta {
-                name: n.to_string(),
-                tags: Default::default(),
-            })
-            .collect(),
-    }
-}
-
-fn session() -> SessionContext {
-    SessionContext::new_with_state(
-        lakegate_policy::with_policy(SessionStateBuilder::new().with_default_features())
-            .with_query_planner(Arc::new(Planner))
-            .build(),
-    )
-}
+mod common;
+use common::{session, table_meta};
 
 fn raw() -> Arc<MemTable> {
     let schema = Arc::new(Schema::new(vec![

@@ -13,8 +13,6 @@ use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::catalog::{MemTable, TableProvider};
 use datafusion::common::TableReference;
 use datafusion::common::config::ConfigOptions;
-use datafusion::execution::SessionStateBuilder;
-use datafusion::execution::context::QueryPlanner;
 use datafusion::logical_expr::Operator;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::physical_expr::PhysicalExpr;
@@ -23,28 +21,13 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::displayable;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::filter_pushdown::{FilterPushdownPhase, PushedDown};
-use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use lakegate_policy::{
-    ColumnMeta, Decision, Identity, PolicyBarrierExec, PolicyExtensionPlanner, PolicySet,
-    PolicySource, PolicyView, TableMeta, compile_access,
+    Decision, Identity, PolicyBarrierExec, PolicySet, PolicySource, PolicyView, compile_access,
 };
 
-#[derive(Debug)]
-struct Planner;
-#[async_trait::async_trait]
-impl QueryPlanner for Planner {
-    async fn create_physical_plan(
-        &self,
-        plan: &datafusion::logical_expr::LogicalPlan,
-        session: &dyn datafusion::catalog::Session,
-    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        let plan = lakegate_policy::unseal(plan.clone(), session.config_options())?;
-        DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(PolicyExtensionPlanner)])
-            .create_physical_plan(&plan, session)
-            .await
-    }
-}
+mod common;
+use common::table_meta;
 
 const POLICY: &str = r#"
 rules:
@@ -110,28 +93,9 @@ fn tags() -> Arc<dyn TableProvider> {
     Arc::new(MemTable::try_new(schema, vec![vec![batch]]).expect("memtable"))
 }
 
-fn meta(table: &str, columns: &[&str]) -> TableMeta {
-    TableMeta {
-        database: "db".into(),
-        table: table.into(),
-        tags: Default::default(),
-        columns: columns
-            .iter()
-            .map(|n| ColumnMeta {
-                name: n.to_string(),
-                tags: Default::default(),
-            })
-            .collect(),
-    }
-}
-
 /// `user`'s session over `docs` (Parquet in `dir`) and `tags`, both through policy views.
 async fn session(user: &str, dir: &PathBuf) -> SessionContext {
-    let ctx = SessionContext::new_with_state(
-        lakegate_policy::with_policy(SessionStateBuilder::new().with_default_features())
-            .with_query_planner(Arc::new(Planner))
-            .build(),
-    );
+    let ctx = common::session();
     let path = write_docs(dir);
     ctx.register_parquet(
         "raw_docs",
@@ -151,7 +115,8 @@ async fn session(user: &str, dir: &PathBuf) -> SessionContext {
         ("docs", &["id", "owner", "secret"][..], raw_docs),
         ("tags", &["id", "label"][..], tags()),
     ] {
-        let Decision::Allowed(access) = policy.decide(&identity, &meta(table, columns)) else {
+        let Decision::Allowed(access) = policy.decide(&identity, &table_meta("db", table, columns))
+        else {
             panic!("{table} allowed")
         };
         let compiled = compile_access(
