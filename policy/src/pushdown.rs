@@ -164,21 +164,45 @@ pub(crate) fn move_safe_predicates(
     }))
 }
 
-/// The barrier's column name → the raw column it passes through unmasked (a plain column of
-/// the barrier's projection, where a masked one is an expression).
+/// The barrier's column name → the raw column it passes through unmasked: a plain column of
+/// the barrier's projection that comes from the table's scan unchanged (`is_raw`). Where
+/// sealing took a mask two columns share out as a common subexpression, the barrier's
+/// projection holds plain columns of a lower projection that are masks all the same.
 pub(crate) fn unmasked_columns(projection: &Projection) -> HashMap<String, Expr> {
     projection
         .expr
         .iter()
         .zip(projection.schema.fields())
-        .filter_map(|(expr, field)| match expr {
-            Expr::Alias(alias) if matches!(alias.expr.as_ref(), Expr::Column(_)) => {
-                Some((field.name().clone(), alias.expr.as_ref().clone()))
+        .filter_map(|(expr, field)| match expr.clone().unalias() {
+            Expr::Column(column) if is_raw(&column, &projection.input) => {
+                Some((field.name().clone(), Expr::Column(column)))
             }
-            Expr::Column(_) => Some((field.name().clone(), expr.clone())),
             _ => None,
         })
         .collect()
+}
+
+/// Whether `column` of `plan`'s output is a column of the scan beneath, through filters and
+/// projections that pass it on as a plain column only.
+fn is_raw(column: &Column, plan: &LogicalPlan) -> bool {
+    match plan {
+        LogicalPlan::TableScan(scan) => scan.projected_schema.has_column(column),
+        LogicalPlan::Filter(filter) => is_raw(column, &filter.input),
+        LogicalPlan::Projection(projection) => {
+            let Some(index) = projection.schema.maybe_index_of_column(column) else {
+                return false;
+            };
+            match projection
+                .expr
+                .get(index)
+                .map(|expr| expr.clone().unalias())
+            {
+                Some(Expr::Column(inner)) => is_raw(&inner, &projection.input),
+                _ => false,
+            }
+        }
+        _ => false,
+    }
 }
 
 fn barrier_projection(plan: &LogicalPlan) -> Option<(&PolicyBarrier, &Projection)> {
