@@ -38,7 +38,8 @@ pub struct PlanTables {
     /// Some table has a row filter.
     pub row_filtered: bool,
     /// The query has predicates of its own (WHERE, HAVING, join conditions) that could fail
-    /// on some row (`1/x > 0`): evaluated before a row filter, they would tell about its rows.
+    /// on some row (`1/x > 0`), or any predicate where a row-filtered table passes a column
+    /// whose mask could fail: evaluated before a row filter, they would tell about its rows.
     pub user_predicates: bool,
 }
 
@@ -95,6 +96,10 @@ impl PlanTables {
     /// The tables, other scans and predicates of a policy-applied plan (subqueries included).
     pub fn of(plan: &LogicalPlan) -> PlanTables {
         let mut found = PlanTables::default();
+        // A predicate may name a masked column under another name (a subquery's alias), so any
+        // predicate at all counts where a row-filtered table passes a mask that could fail.
+        let mut masks_may_fail = false;
+        let mut predicates = false;
         let _ = plan.apply_with_subqueries(|node| {
             match node {
                 LogicalPlan::Extension(ext) => {
@@ -106,7 +111,9 @@ impl PlanTables {
                         } else {
                             found.other_scans = true;
                         }
-                        found.row_filtered |= has_row_filter(barrier.input());
+                        let row_filtered = has_row_filter(barrier.input());
+                        found.row_filtered |= row_filtered;
+                        masks_may_fail |= row_filtered && barrier.has_mask_that_may_fail();
                         return Ok(TreeNodeRecursion::Jump);
                     }
                     // Another extension node: nothing a remote engine could be sent.
@@ -114,9 +121,11 @@ impl PlanTables {
                 }
                 LogicalPlan::TableScan(_) => found.other_scans = true,
                 LogicalPlan::Filter(filter) => {
+                    predicates = true;
                     found.user_predicates |= !is_error_free(&filter.predicate)
                 }
                 LogicalPlan::Join(join) => {
+                    predicates |= join.filter.is_some() || !join.on.is_empty();
                     found.user_predicates |= join.filter.as_ref().is_some_and(|f| !is_error_free(f))
                         || join
                             .on
@@ -127,6 +136,7 @@ impl PlanTables {
             }
             Ok(TreeNodeRecursion::Continue)
         });
+        found.user_predicates |= masks_may_fail && predicates;
         found
     }
 }

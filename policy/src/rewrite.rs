@@ -317,6 +317,27 @@ impl PolicyBarrier {
         self.sealed.is_some()
     }
 
+    /// Whether a column the barrier passes is masked by an expression that could fail on some
+    /// value (a data owner's SQL with a cast, say), or computed where it cannot be seen: an
+    /// engine that evaluates a query's predicate on such a column before the row filter would
+    /// run the mask on hidden rows. Where the enforced plan is not a projection, every column
+    /// counts as such.
+    pub fn has_mask_that_may_fail(&self) -> bool {
+        let LogicalPlan::Projection(projection) = &self.input else {
+            return !self.input.schema().fields().is_empty();
+        };
+        let unmasked = crate::pushdown::unmasked_columns(projection);
+        projection
+            .expr
+            .iter()
+            .zip(projection.schema.fields())
+            .filter(|(_, field)| !unmasked.contains_key(field.name()))
+            .any(|(expr, _)| match expr.clone().unalias() {
+                Expr::Column(_) => true,
+                mask => !crate::pushdown::is_error_free(&mask),
+            })
+    }
+
     /// The same barrier, open, over another enforced plan (only for rules that keep its
     /// meaning).
     pub(crate) fn with_input(&self, input: LogicalPlan) -> PolicyBarrier {
