@@ -15,6 +15,11 @@ mod common;
 use common::{session, table_meta};
 
 fn raw() -> Arc<MemTable> {
+    docs(&["ann", "bob", "ann", "o'brien"], &["s1", "s2", "s3", "s4"])
+}
+
+/// A `docs` table of ids 1, 2, ... with these owners and secrets.
+fn docs(owners: &[&str], secrets: &[&str]) -> Arc<MemTable> {
     let schema = Arc::new(Schema::new(vec![
         Field::new("id", DataType::Int64, true),
         Field::new("owner", DataType::Utf8, true),
@@ -23,9 +28,9 @@ fn raw() -> Arc<MemTable> {
     let batch = RecordBatch::try_new(
         schema.clone(),
         vec![
-            Arc::new(Int64Array::from(vec![1, 2, 3, 4])),
-            Arc::new(StringArray::from(vec!["ann", "bob", "ann", "o'brien"])),
-            Arc::new(StringArray::from(vec!["s1", "s2", "s3", "s4"])),
+            Arc::new(Int64Array::from_iter_values(1..=owners.len() as i64)),
+            Arc::new(StringArray::from(owners.to_vec())),
+            Arc::new(StringArray::from(secrets.to_vec())),
         ],
     )
     .expect("batch");
@@ -47,10 +52,8 @@ async fn session_for(user: &str) -> SessionContext {
 /// A session whose `docs` is a policy view with `row_filter`, sealed (`sealing`) or planned open
 /// as every view was before sealing.
 async fn session_with(user: &str, row_filter: &str, sealing: bool) -> SessionContext {
-    let policy = PolicySet::load(&[PolicySource {
-        file: "p.yaml".into(),
-        text: format!(
-            r#"
+    let policy = format!(
+        r#"
 rules:
   - name: own-rows
     principals: {{ users: ["*"] }}
@@ -59,7 +62,16 @@ rules:
     columns:
       - {{ name: secret, mask: {{ sql: "upper(secret) || '-' || ${{user.name}}" }} }}
 "#
-        ),
+    );
+    docs_session(user, policy, raw(), sealing)
+}
+
+/// `user`'s session whose `docs` is a policy view over `raw` with `policy` (YAML), sealed
+/// (`sealing`) or planned open.
+fn docs_session(user: &str, policy: String, raw: Arc<MemTable>, sealing: bool) -> SessionContext {
+    let policy = PolicySet::load(&[PolicySource {
+        file: "p.yaml".into(),
+        text: policy,
     }])
     .expect("policy");
     let meta = table_meta("db", "docs", &["id", "owner", "secret"]);
@@ -72,7 +84,7 @@ rules:
         &access,
         &identity,
         TableReference::bare("docs"),
-        raw(),
+        raw,
         &ctx.state(),
     )
     .expect("compiles");
@@ -523,24 +535,7 @@ async fn every_way_of_naming_a_tables_columns_reaches_them() {
 /// mask (here failing on the hidden row's text) never sees a hidden row.
 #[tokio::test]
 async fn columns_sharing_a_mask_expression_stay_masked_when_sealed() {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("id", DataType::Int64, true),
-        Field::new("owner", DataType::Utf8, true),
-        Field::new("secret", DataType::Utf8, true),
-    ]));
-    let batch = RecordBatch::try_new(
-        schema.clone(),
-        vec![
-            Arc::new(Int64Array::from(vec![1, 2, 3])),
-            Arc::new(StringArray::from(vec!["ann", "bob", "ann"])),
-            Arc::new(StringArray::from(vec!["10", "not a number", "30"])),
-        ],
-    )
-    .expect("batch");
-    let raw = Arc::new(MemTable::try_new(schema, vec![vec![batch]]).expect("memtable"));
-    let policy = PolicySet::load(&[PolicySource {
-        file: "p.yaml".into(),
-        text: r#"
+    let policy = r#"
 rules:
   - name: own-rows
     principals: { users: ["*"] }
@@ -549,29 +544,9 @@ rules:
     columns:
       - { name: owner, mask: { sql: "CAST(secret AS BIGINT)" } }
       - { name: secret, mask: { sql: "CAST(secret AS BIGINT)" } }
-"#
-        .into(),
-    }])
-    .expect("policy");
-    let identity = Identity::new("ann", vec![]);
-    let meta = table_meta("db", "docs", &["id", "owner", "secret"]);
-    let Decision::Allowed(access) = policy.decide(&identity, &meta) else {
-        panic!("allowed")
-    };
-    let ctx = session();
-    let compiled = compile_access(
-        &access,
-        &identity,
-        TableReference::bare("docs"),
-        raw,
-        &ctx.state(),
-    )
-    .expect("compiles");
-    ctx.register_table(
-        "docs",
-        Arc::new(PolicyView::new("db.docs", access.rule, compiled)),
-    )
-    .expect("register");
+"#;
+    let raw = docs(&["ann", "bob", "ann"], &["10", "not a number", "30"]);
+    let ctx = docs_session("ann", policy.into(), raw, true);
     let expected = "\
 +----+--------+
 | id | secret |
