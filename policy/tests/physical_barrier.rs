@@ -3,7 +3,7 @@
 //! (a hash join's build-side keys, a TopK's threshold) down to the scan, on unmasked columns
 //! only. The query's own predicates never pass it.
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Int64Array, StringArray};
@@ -52,7 +52,7 @@ fn docs_schema() -> SchemaRef {
 
 /// 1,000 docs in a Parquet file (a scan that takes dynamic filters): odd ids are ann's, even
 /// ones bob's; secret `s<id>`.
-fn write_docs(dir: &PathBuf) -> PathBuf {
+fn write_docs(dir: &Path) -> PathBuf {
     std::fs::create_dir_all(dir).expect("temp dir");
     let ids: Vec<i64> = (1..=1000).collect();
     let batch = RecordBatch::try_new(
@@ -94,7 +94,7 @@ fn tags() -> Arc<dyn TableProvider> {
 }
 
 /// `user`'s session over `docs` (Parquet in `dir`) and `tags`, both through policy views.
-async fn session(user: &str, dir: &PathBuf) -> SessionContext {
+async fn session(user: &str, dir: &Path) -> SessionContext {
     let ctx = common::session();
     let path = write_docs(dir);
     ctx.register_parquet(
@@ -171,14 +171,25 @@ fn docs_scan(plan: &str) -> &str {
         .unwrap_or_else(|| panic!("no docs scan in\n{plan}"))
 }
 
-fn temp_dir(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("lakegate-{name}-{}", std::process::id()))
+/// A folder of the test's own, removed when the test ends, failed or not.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        TempDir(std::env::temp_dir().join(format!("lakegate-{name}-{}", std::process::id())))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.0).ok();
+    }
 }
 
 #[tokio::test]
 async fn a_join_builds_from_the_smaller_side_and_filters_the_scan_on_an_unmasked_key() {
-    let dir = temp_dir("barrier-join");
-    let ctx = session("ann", &dir).await;
+    let dir = TempDir::new("barrier-join");
+    let ctx = session("ann", &dir.0).await;
     // docs first: only the barrier's statistics can tell the planner that tags is smaller.
     let sql = "SELECT d.id, t.label FROM docs d JOIN tags t ON d.id = t.id ORDER BY d.id";
     let plan = physical_plan(&ctx, sql).await;
@@ -206,13 +217,12 @@ async fn a_join_builds_from_the_smaller_side_and_filters_the_scan_on_an_unmasked
 | 3  | S3    |
 +----+-------+";
     assert_eq!(rows(&ctx, sql).await, expected);
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[tokio::test]
 async fn a_join_on_a_masked_column_keeps_its_keys_above_the_barrier() {
-    let dir = temp_dir("barrier-masked-join");
-    let ctx = session("ann", &dir).await;
+    let dir = TempDir::new("barrier-masked-join");
+    let ctx = session("ann", &dir.0).await;
     // The mask is a data owner's SQL: it never runs on the rows the row filter hides.
     let sql = "SELECT d.id FROM docs d JOIN tags t ON d.secret = t.label";
     let plan = physical_plan(&ctx, sql).await;
@@ -228,13 +238,12 @@ async fn a_join_on_a_masked_column_keeps_its_keys_above_the_barrier() {
 | 3  |
 +----+";
     assert_eq!(rows(&ctx, sql).await, expected);
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[tokio::test]
 async fn a_topk_threshold_reaches_the_scan_on_an_unmasked_column_only() {
-    let dir = temp_dir("barrier-topk");
-    let ctx = session("bob", &dir).await;
+    let dir = TempDir::new("barrier-topk");
+    let ctx = session("bob", &dir.0).await;
     let by_id = "SELECT id FROM docs ORDER BY id DESC LIMIT 2";
     let plan = physical_plan(&ctx, by_id).await;
     assert!(
@@ -255,7 +264,6 @@ async fn a_topk_threshold_reaches_the_scan_on_an_unmasked_column_only() {
         !docs_scan(&plan).contains("DynamicFilter"),
         "a threshold on the masked column reached the scan:\n{plan}"
     );
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// The barrier itself, asked directly: which parent filters may pass to its input.
@@ -313,8 +321,8 @@ fn only_dynamic_filters_on_unmasked_columns_pass_the_barrier() {
 
 #[tokio::test]
 async fn no_answer_is_taken_from_the_barriers_estimates() {
-    let dir = temp_dir("barrier-statistics");
-    let ctx = session("ann", &dir).await;
+    let dir = TempDir::new("barrier-statistics");
+    let ctx = session("ann", &dir.0).await;
     // tags has no row filter and exact sizes; still the aggregate runs over the rows.
     let sql = "SELECT count(*) AS n FROM tags";
     let plan = physical_plan(&ctx, sql).await;
@@ -338,5 +346,4 @@ async fn no_answer_is_taken_from_the_barriers_estimates() {
 +-----+-----+";
     let mine = "SELECT count(*) AS n, max(id) AS top FROM docs";
     assert_eq!(rows(&ctx, mine).await, expected);
-    std::fs::remove_dir_all(&dir).ok();
 }
