@@ -39,11 +39,30 @@ pub struct Moto {
     log: PathBuf,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+/// Reads moto's stderr until werkzeug names the port it bound, then keeps draining it (one line
+/// per request) so moto never blocks on a full pipe. Asking for port 0 and reading the answer
+/// leaves no window in which a test running beside this one could take the same port.
+fn bound_port(moto: &mut Child) -> u16 {
+    let stderr = moto.stderr.take().expect("moto stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let mut said = Vec::new();
+    let port = loop {
+        match lines.next() {
+            Some(Ok(line)) => {
+                if let Some(port) = line
+                    .split("Running on http://127.0.0.1:")
+                    .nth(1)
+                    .and_then(|rest| rest.trim().parse::<u16>().ok())
+                {
+                    break port;
+                }
+                said.push(line);
+            }
+            _ => panic!("moto_server stopped before listening: {}", said.join("\n")),
+        }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+    port
 }
 
 impl Moto {
@@ -66,17 +85,17 @@ impl Moto {
             "{} is missing: run scripts/setup-clients (installs moto[server] into the venv)",
             server.display()
         );
-        let port = free_port();
         let mut moto = Command::new(&server);
         if enforce_iam {
             moto.env("INITIAL_NO_AUTH_ACTION_COUNT", "3");
         }
-        let moto = moto
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        let mut moto = moto
+            .args(["-H", "127.0.0.1", "-p", "0"])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("start moto_server");
+        let port = bound_port(&mut moto);
         let moto_endpoint = format!("http://127.0.0.1:{port}");
         let ready = wait_until(Duration::from_secs(30), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()

@@ -69,27 +69,36 @@ impl Postgres {
             "initdb: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let port = free_port();
-        let out = as_postgres(&bin("pg_ctl"))
-            .arg("-D")
-            .arg(&data)
-            .args(["-w", "-l"])
-            .arg(dir.join("log"))
-            .arg("-o")
-            .arg(format!(
-                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
-                dir.display()
-            ))
-            .arg("start")
-            .stdout(Stdio::null())
-            .output()
-            .expect("pg_ctl start");
-        assert!(
-            out.status.success(),
-            "pg_ctl start: {} {}",
-            String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(dir.join("log")).unwrap_or_default()
-        );
+        // A free port can be taken by a test running beside this one before postgres binds it;
+        // postgres then refuses to start, and another port is tried.
+        let mut attempts = 0;
+        let port = loop {
+            attempts += 1;
+            let port = free_port();
+            let out = as_postgres(&bin("pg_ctl"))
+                .arg("-D")
+                .arg(&data)
+                .args(["-w", "-l"])
+                .arg(dir.join("log"))
+                .arg("-o")
+                .arg(format!(
+                    "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+                    dir.display()
+                ))
+                .arg("start")
+                .stdout(Stdio::null())
+                .output()
+                .expect("pg_ctl start");
+            if out.status.success() {
+                break port;
+            }
+            let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
+            assert!(
+                attempts < 3 && log.contains("could not bind"),
+                "pg_ctl start: {} {log}",
+                String::from_utf8_lossy(&out.stderr),
+            );
+        };
         Postgres { dir, port }
     }
 
