@@ -582,9 +582,12 @@ async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Startup
     }
     // Tests and scripts wait for this exact line on stdout (printed last: everything is up).
     println!("lakegate listening on {local}");
-    server::Server::new(lake, Some(tls), oidc, tokens)
-        .serve(listener)
+    // Accepting runs as a task on the workers, not on this thread (`block_on`): the worker
+    // whose I/O driver sees a client arrive accepts it itself, instead of waking this thread.
+    let serving = server::Server::new(lake, Some(tls), oidc, tokens).serve(listener);
+    tokio::spawn(serving)
         .await
+        .unwrap_or_else(|stopped| Err(std::io::Error::other(stopped)))
         .map_err(|source| StartupError::Listen { addr, source })
 }
 

@@ -53,7 +53,7 @@ pub struct PeerWatch {
 
 impl PeerWatch {
     /// A watch on `socket`, or None if the socket cannot be duplicated.
-    pub fn new(socket: &tokio::net::TcpStream, beat: Beat) -> Option<PeerWatch> {
+    pub fn new(socket: &impl std::os::fd::AsFd, beat: Beat) -> Option<PeerWatch> {
         let fd = socket2::SockRef::from(socket).try_clone().ok()?;
         Some(PeerWatch {
             fd: fd.into(),

@@ -8,6 +8,8 @@ use pgwire::api::{
     ClientInfo, ConnectionManager, ErrorHandler, PgWireServerHandlers, RandomPidSecretKeyGenerator,
 };
 use pgwire::error::PgWireError;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -54,14 +56,27 @@ impl Server {
 
     /// Serves until the listener fails. Each connection runs in its own task, on one of the
     /// connection threads (`runtimes`).
+    ///
+    /// Clients are accepted as plain sockets, never registered with this runtime's I/O
+    /// driver: a socket accepted by tokio's listener was registered here only to be taken out
+    /// again for its connection thread, two `epoll_ctl` calls and the driver's bookkeeping on
+    /// every login (BENCHMARKS.md, 2026-12-02, morning).
     pub async fn serve(self, listener: TcpListener) -> std::io::Result<()> {
         let allow_plaintext = self.lake.config.tls.allow_plaintext || self.tls.is_none();
         let beat = crate::peer::Beat::start();
         // As many as the runtime serving has workers, so `TOKIO_WORKER_THREADS` sets both.
         let queries = tokio::runtime::Handle::current();
         let threads = ConnectionThreads::start(queries.metrics().num_workers(), queries)?;
+        // tokio's `into_std` leaves the listener non-blocking, as `AsyncFd` needs.
+        let listener = listener.into_std()?;
+        // SAFETY: the `AsyncFd` owns the listener, whose descriptor stays open and the same
+        // until both are dropped together.
+        let listener = unsafe { AsyncFd::register(listener)? };
         loop {
-            let (socket, peer) = match listener.accept().await {
+            let accepted = listener
+                .async_io(Interest::READABLE, |listener| listener.accept())
+                .await;
+            let (socket, peer) = match accepted {
                 Ok(accepted) => accepted,
                 Err(error) if accept_can_retry(&error) => {
                     // Out of descriptors or memory, or a client gone before it was accepted:
@@ -73,6 +88,11 @@ impl Server {
                 }
                 Err(error) => return Err(error),
             };
+            // accept(2) does not pass the listener's O_NONBLOCK on; tokio needs it.
+            if let Err(error) = socket.set_nonblocking(true) {
+                tracing::info!(%peer, %error, "cannot serve a connection");
+                continue;
+            }
             let watch = crate::peer::PeerWatch::new(&socket, beat.clone()).map(Arc::new);
             let handlers = ConnectionHandlers {
                 startup: Arc::new(ScramStartup::new(
@@ -87,13 +107,6 @@ impl Server {
                 cancel: Arc::new(DefaultCancelHandler::new(self.connections.clone())),
             };
             let tls = self.tls.clone();
-            let socket = match socket.into_std() {
-                Ok(socket) => socket,
-                Err(error) => {
-                    tracing::info!(%peer, %error, "cannot hand a connection to its thread");
-                    continue;
-                }
-            };
             threads.serve(move || async move {
                 // registered with the connection thread's own driver
                 let socket = match tokio::net::TcpStream::from_std(socket) {

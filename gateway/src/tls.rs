@@ -6,7 +6,8 @@ use std::sync::Arc;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::rustls::crypto::CryptoProvider;
+use tokio_rustls::rustls::{CipherSuite, ProtocolVersion, ServerConfig};
 
 use crate::config::TlsConfig;
 use crate::error::StartupError;
@@ -40,12 +41,39 @@ fn server_config(config: &TlsConfig, alpn: &[u8]) -> Result<ServerConfig, Startu
         .map_err(|e| StartupError::Tls(format!("certificate {}: {e}", config.cert.display())))?;
     let key = PrivateKeyDer::from_pem_file(&config.key)
         .map_err(|e| StartupError::Tls(format!("private key {}: {e}", config.key.display())))?;
-    let mut server = ServerConfig::builder()
+    let mut server = ServerConfig::builder_with_provider(Arc::new(provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StartupError::Tls(e.to_string()))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| StartupError::Tls(e.to_string()))?;
     server.alpn_protocols = vec![alpn.to_vec()];
+    server.ignore_client_order = true;
     Ok(server)
+}
+
+/// ring's suites, AES-128-GCM first in each TLS version, and chosen in this order whatever
+/// the client's. libpq (OpenSSL) lists AES-256-GCM with SHA-384 first, and SHA-384 is the
+/// one hash ring computes without the CPU's SHA extensions: it was a twentieth of the
+/// gateway's CPU per login (BENCHMARKS.md, 2026-12-02, morning). AES-128-GCM is the suite
+/// every TLS 1.3 peer must have (RFC 8446, 9.1) and first in Mozilla's recommended server
+/// configurations; the key exchanges (X25519, P-256) are of the same 128-bit strength.
+fn provider() -> CryptoProvider {
+    let mut provider = tokio_rustls::rustls::crypto::ring::default_provider();
+    provider.cipher_suites.sort_by_key(|suite| {
+        let aes_128 = matches!(
+            suite.suite(),
+            CipherSuite::TLS13_AES_128_GCM_SHA256
+                | CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+                | CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+        );
+        // stable: the other suites stay in ring's order
+        (
+            suite.version().version != ProtocolVersion::TLSv1_3,
+            !aes_128,
+        )
+    });
+    provider
 }
 
 fn generate_self_signed(cert_path: &Path, key_path: &Path) -> Result<(), StartupError> {
@@ -97,15 +125,19 @@ mod tests {
         }
     }
 
-    /// How each of two connections from one client (which keeps sessions to resume) went.
-    async fn two_handshakes(acceptor: TlsAcceptor, config: &TlsConfig) -> Vec<HandshakeKind> {
+    fn trusting(config: &TlsConfig) -> RootCertStore {
         let mut roots = RootCertStore::empty();
         for cert in CertificateDer::pem_file_iter(&config.cert).expect("certificate") {
             roots.add(cert.expect("certificate")).expect("trusted");
         }
+        roots
+    }
+
+    /// How each of two connections from one client (which keeps sessions to resume) went.
+    async fn two_handshakes(acceptor: TlsAcceptor, config: &TlsConfig) -> Vec<HandshakeKind> {
         let client = TlsConnector::from(Arc::new(
             ClientConfig::builder()
-                .with_root_certificates(roots)
+                .with_root_certificates(trusting(config))
                 .with_no_client_auth(),
         ));
         let mut kinds = Vec::new();
@@ -147,5 +179,55 @@ mod tests {
         }
         assert_eq!(postgres, vec![HandshakeKind::Full, HandshakeKind::Full]);
         assert_eq!(https, vec![HandshakeKind::Full, HandshakeKind::Resumed]);
+    }
+
+    /// The suite a client offering `offered` (in its order of preference) gets.
+    async fn negotiated(config: &TlsConfig, offered: &[CipherSuite]) -> Option<CipherSuite> {
+        // makes the certificate the client trusts
+        let acceptor = acceptor(config).expect("acceptor");
+        let mut provider = tokio_rustls::rustls::crypto::ring::default_provider();
+        provider.cipher_suites = offered
+            .iter()
+            .filter_map(|want| {
+                let suites = provider.cipher_suites.iter();
+                suites.copied().find(|suite| suite.suite() == *want)
+            })
+            .collect();
+        let client = ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(trusting(config))
+            .with_no_client_auth();
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let server = tokio::spawn(async move { acceptor.accept(server_io).await.is_ok() });
+        let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+        let connected = TlsConnector::from(Arc::new(client))
+            .connect(name, client_io)
+            .await;
+        let suite = connected
+            .ok()
+            .and_then(|tls| tls.get_ref().1.negotiated_cipher_suite())
+            .map(|suite| suite.suite());
+        assert_eq!(server.await.expect("server"), suite.is_some());
+        suite
+    }
+
+    #[tokio::test]
+    async fn aes_128_gcm_is_chosen_over_the_clients_first_choice_and_others_still_connect() {
+        use CipherSuite::*;
+        let config = self_signed("suites");
+        // libpq's (OpenSSL's) order
+        let libpq = [
+            TLS13_AES_256_GCM_SHA384,
+            TLS13_CHACHA20_POLY1305_SHA256,
+            TLS13_AES_128_GCM_SHA256,
+        ];
+        let chosen = negotiated(&config, &libpq).await;
+        let aes_256_only = negotiated(&config, &[TLS13_AES_256_GCM_SHA384]).await;
+        let chacha_only = negotiated(&config, &[TLS13_CHACHA20_POLY1305_SHA256]).await;
+        let _ = std::fs::remove_dir_all(config.cert.parent().expect("folder"));
+        assert_eq!(chosen, Some(TLS13_AES_128_GCM_SHA256));
+        assert_eq!(aes_256_only, Some(TLS13_AES_256_GCM_SHA384));
+        assert_eq!(chacha_only, Some(TLS13_CHACHA20_POLY1305_SHA256));
     }
 }
