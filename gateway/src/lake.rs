@@ -629,7 +629,9 @@ impl PolicyQueryPlanner {
     /// and says whether it runs in the gateway.
     fn runs_here(&self, plan: &LogicalPlan) -> bool {
         let tables = PlanTables::of(plan);
-        match self.router.route(&tables, &self.personas) {
+        match self.router.route(&tables, &self.personas, || {
+            PlanTables::user_predicates(plan)
+        }) {
             Route::Local(why) => {
                 if !tables.tables.is_empty() {
                     self.log_local(&tables.tables, why);
@@ -676,7 +678,9 @@ impl PolicyQueryPlanner {
             return None;
         }
         let tables = PlanTables::of(plan);
-        let route = self.router.route(&tables, &self.personas);
+        let route = self.router.route(&tables, &self.personas, || {
+            PlanTables::user_predicates(plan)
+        });
         let Route::Remote { engine, tables } = route else {
             if let Route::Local(why) = route
                 && !tables.tables.is_empty()

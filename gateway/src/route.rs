@@ -37,10 +37,6 @@ pub struct PlanTables {
     pub other_scans: bool,
     /// Some table has a row filter.
     pub row_filtered: bool,
-    /// The query has predicates of its own (WHERE, HAVING, join conditions) that could fail
-    /// on some row (`1/x > 0`), or any predicate where a row-filtered table passes a column
-    /// whose mask could fail: evaluated before a row filter, they would tell about its rows.
-    pub user_predicates: bool,
 }
 
 impl Router {
@@ -63,7 +59,14 @@ impl Router {
 
     /// The engine of a query reading `tables`, for a user holding `personas`: the first route
     /// that matches every table; local when none does or nothing routable is read.
-    pub fn route(&self, plan: &PlanTables, personas: &[String]) -> Route {
+    /// `user_predicates` (`PlanTables::user_predicates`) is asked only of a query a remote
+    /// engine could take: it looks at every predicate and mask, a tenth of a local lookup.
+    pub fn route(
+        &self,
+        plan: &PlanTables,
+        personas: &[String],
+        user_predicates: impl FnOnce() -> bool,
+    ) -> Route {
         if plan.tables.is_empty() {
             return Route::Local("no catalog table");
         }
@@ -81,7 +84,7 @@ impl Router {
             // A remote engine evaluates the query's own predicates in whatever order it likes,
             // maybe before a row filter: `1/0`-style errors would tell about rows the user may
             // not see. Only the gateway's engine keeps predicates above the row filter.
-            Some(_) if plan.row_filtered && plan.user_predicates => Route::Local(
+            Some(_) if plan.row_filtered && user_predicates() => Route::Local(
                 "a row filter with predicates of the query: only the local engine keeps them apart",
             ),
             Some(engine) => Route::Remote {
@@ -93,13 +96,9 @@ impl Router {
 }
 
 impl PlanTables {
-    /// The tables, other scans and predicates of a policy-applied plan (subqueries included).
+    /// The tables and other scans of a policy-applied plan (subqueries included).
     pub fn of(plan: &LogicalPlan) -> PlanTables {
         let mut found = PlanTables::default();
-        // A predicate may name a masked column under another name (a subquery's alias), so any
-        // predicate at all counts where a row-filtered table passes a mask that could fail.
-        let mut masks_may_fail = false;
-        let mut predicates = false;
         let _ = plan.apply_with_subqueries(|node| {
             match node {
                 LogicalPlan::Extension(ext) => {
@@ -111,22 +110,44 @@ impl PlanTables {
                         } else {
                             found.other_scans = true;
                         }
-                        let row_filtered = has_row_filter(barrier.input());
-                        found.row_filtered |= row_filtered;
-                        masks_may_fail |= row_filtered && barrier.has_mask_that_may_fail();
+                        found.row_filtered |= has_row_filter(barrier.input());
                         return Ok(TreeNodeRecursion::Jump);
                     }
                     // Another extension node: nothing a remote engine could be sent.
                     found.other_scans = true;
                 }
                 LogicalPlan::TableScan(_) => found.other_scans = true,
+                _ => {}
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+        found
+    }
+
+    /// Whether a policy-applied plan has predicates of its own (WHERE, HAVING, join
+    /// conditions) that could fail on some row (`1/x > 0`), or any predicate at all where a
+    /// row-filtered table passes a column whose mask could fail: evaluated before a row
+    /// filter, they would tell about its rows.
+    pub fn user_predicates(plan: &LogicalPlan) -> bool {
+        // A predicate may name a masked column under another name (a subquery's alias), so any
+        // predicate at all counts where a row-filtered table passes a mask that could fail.
+        let (mut failing, mut masks_may_fail, mut predicates) = (false, false, false);
+        let _ = plan.apply_with_subqueries(|node| {
+            match node {
+                LogicalPlan::Extension(ext) => {
+                    if let Some(barrier) = ext.node.as_any().downcast_ref::<PolicyBarrier>() {
+                        masks_may_fail |=
+                            has_row_filter(barrier.input()) && barrier.has_mask_that_may_fail();
+                        return Ok(TreeNodeRecursion::Jump);
+                    }
+                }
                 LogicalPlan::Filter(filter) => {
                     predicates = true;
-                    found.user_predicates |= !is_error_free(&filter.predicate)
+                    failing |= !is_error_free(&filter.predicate)
                 }
                 LogicalPlan::Join(join) => {
                     predicates |= join.filter.is_some() || !join.on.is_empty();
-                    found.user_predicates |= join.filter.as_ref().is_some_and(|f| !is_error_free(f))
+                    failing |= join.filter.as_ref().is_some_and(|f| !is_error_free(f))
                         || join
                             .on
                             .iter()
@@ -136,8 +157,7 @@ impl PlanTables {
             }
             Ok(TreeNodeRecursion::Continue)
         });
-        found.user_predicates |= masks_may_fail && predicates;
-        found
+        failing || (masks_may_fail && predicates)
     }
 }
 
@@ -185,7 +205,7 @@ mod tests {
             route("gtm", "*", None, Engine::Athena),
         ])
         .unwrap();
-        let athena = router.route(&reading(&[("gtm", "visits")]), &[]);
+        let athena = router.route(&reading(&[("gtm", "visits")]), &[], || false);
         assert!(matches!(
             athena,
             Route::Remote {
@@ -194,12 +214,16 @@ mod tests {
             }
         ));
         assert!(matches!(
-            router.route(&reading(&[("gtm", "raw_events")]), &[]),
+            router.route(&reading(&[("gtm", "raw_events")]), &[], || false),
             Route::Local(_)
         ));
         // a query mixing routed and unrouted tables runs locally
         assert!(matches!(
-            router.route(&reading(&[("gtm", "visits"), ("demo", "regions")]), &[]),
+            router.route(
+                &reading(&[("gtm", "visits"), ("demo", "regions")]),
+                &[],
+                || false
+            ),
             Route::Local(_)
         ));
     }
@@ -208,9 +232,12 @@ mod tests {
     fn persona_routes_apply_to_their_holders_only() {
         let router = Router::new(&[route("*", "*", Some("steward"), Engine::Athena)]).unwrap();
         let plan = reading(&[("gtm", "visits")]);
-        assert!(matches!(router.route(&plan, &[]), Route::Local(_)));
         assert!(matches!(
-            router.route(&plan, &["steward".to_string()]),
+            router.route(&plan, &[], || false),
+            Route::Local(_)
+        ));
+        assert!(matches!(
+            router.route(&plan, &["steward".to_string()], || false),
             Route::Remote { .. }
         ));
     }
@@ -220,19 +247,27 @@ mod tests {
         let router = Router::new(&[route("*", "*", None, Engine::Athena)]).unwrap();
         let mut plan = reading(&[("gtm", "visits")]);
         plan.row_filtered = true;
-        assert!(matches!(router.route(&plan, &[]), Route::Remote { .. }));
-        plan.user_predicates = true;
-        assert!(matches!(router.route(&plan, &[]), Route::Local(_)));
+        let remote = |predicates: bool, plan: &PlanTables| {
+            matches!(router.route(plan, &[], || predicates), Route::Remote { .. })
+        };
+        assert!(remote(false, &plan));
+        assert!(!remote(true, &plan));
         plan.row_filtered = false;
-        assert!(matches!(router.route(&plan, &[]), Route::Remote { .. }));
+        assert!(remote(true, &plan));
     }
 
     #[test]
     fn catalog_queries_and_constants_stay_local() {
         let router = Router::new(&[route("*", "*", None, Engine::Athena)]).unwrap();
-        assert!(matches!(router.route(&reading(&[]), &[]), Route::Local(_)));
+        assert!(matches!(
+            router.route(&reading(&[]), &[], || false),
+            Route::Local(_)
+        ));
         let mut plan = reading(&[("gtm", "visits")]);
         plan.other_scans = true;
-        assert!(matches!(router.route(&plan, &[]), Route::Local(_)));
+        assert!(matches!(
+            router.route(&plan, &[], || false),
+            Route::Local(_)
+        ));
     }
 }
