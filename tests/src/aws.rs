@@ -4,7 +4,8 @@
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -41,28 +42,40 @@ pub struct Moto {
 
 /// Reads moto's stderr until werkzeug names the port it bound, then keeps draining it (one line
 /// per request) so moto never blocks on a full pipe. Asking for port 0 and reading the answer
-/// leaves no window in which a test running beside this one could take the same port.
+/// leaves no window in which a test running beside this one could take the same port. A moto
+/// that names no port within a minute is stopped, and the test fails saying what it printed.
 fn bound_port(moto: &mut Child) -> u16 {
     let stderr = moto.stderr.take().expect("moto stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let mut said = Vec::new();
-    let port = loop {
-        match lines.next() {
-            Some(Ok(line)) => {
-                if let Some(port) = line
-                    .split("Running on http://127.0.0.1:")
-                    .nth(1)
-                    .and_then(|rest| rest.trim().parse::<u16>().ok())
-                {
-                    break port;
-                }
-                said.push(line);
-            }
-            _ => panic!("moto_server stopped before listening: {}", said.join("\n")),
+    let (lines, said_line) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            // once the port is read nobody listens: the lines are only drained
+            let _ = lines.send(line);
         }
-    };
-    std::thread::spawn(move || lines.for_each(drop));
-    port
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut said = Vec::new();
+    loop {
+        let failure =
+            match said_line.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) => {
+                    if let Some(port) = line
+                        .split("Running on http://127.0.0.1:")
+                        .nth(1)
+                        .and_then(|rest| rest.trim().parse::<u16>().ok())
+                    {
+                        return port;
+                    }
+                    said.push(line);
+                    continue;
+                }
+                Err(RecvTimeoutError::Timeout) => "named no port within 60 s",
+                Err(RecvTimeoutError::Disconnected) => "stopped before listening",
+            };
+        let _ = moto.kill();
+        let _ = moto.wait();
+        panic!("moto_server {failure}: {}", said.join("\n"));
+    }
 }
 
 impl Moto {
