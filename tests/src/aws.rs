@@ -48,9 +48,10 @@ fn bound_port(moto: &mut Child) -> u16 {
     let stderr = moto.stderr.take().expect("moto stderr");
     let (lines, said_line) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        // Bytes, not `lines()`: a line that is not UTF-8 must not end the draining.
+        for line in BufReader::new(stderr).split(b'\n').map_while(Result::ok) {
             // once the port is read nobody listens: the lines are only drained
-            let _ = lines.send(line);
+            let _ = lines.send(String::from_utf8_lossy(&line).into_owned());
         }
     });
     let deadline = Instant::now() + Duration::from_secs(60);
